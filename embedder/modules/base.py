@@ -62,9 +62,11 @@ class InputModule(Module):
     """A module that turns raw texts into tensors before its forward pass (tokenisers live here)."""
 
     max_seq_length: int | None = None
+    # Input modules save their files in the model's root folder, as sentence-transformers does.
+    save_in_root: ClassVar[bool] = True
 
     def preprocess(self, texts: list[str], *, prompt: str | None = None, task: str | None = None) -> Features:
-        """Tokenise `texts` (already prefixed with `prompt`, if any) into a features dict of tensors."""
+        """Tokenise raw `texts` into a features dict of tensors, prepending `prompt` to each text if given."""
         raise NotImplementedError
 
     def text_lengths(self, texts: list[str]) -> list[int]:

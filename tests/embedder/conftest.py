@@ -80,12 +80,13 @@ def save_tiny_bert(
     max_position_embeddings: int = 128,
     seed: int = 0,
     safetensors: bool = True,
+    model_max_length: int | None = None,
 ) -> str:
     """Write a plain transformers folder (random tiny BertModel + tokenizer) to `path`; returns the path."""
     from transformers import BertConfig, BertModel
 
     path = str(path)
-    save_tiny_tokenizer(path, model_max_length=max_position_embeddings)
+    save_tiny_tokenizer(path, model_max_length=model_max_length or max_position_embeddings)
     config = BertConfig(
         vocab_size=len(tiny_vocab()),
         hidden_size=hidden_size,
@@ -120,7 +121,9 @@ def add_st_files(
     with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
         hidden = json.load(f)["hidden_size"]
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
-    modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"})
+    modules.append(
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}
+    )
     os.makedirs(os.path.join(path, "1_Pooling"), exist_ok=True)
     pool_cfg = {
         "word_embedding_dimension": hidden,
@@ -134,10 +137,15 @@ def add_st_files(
     }
     _write_json(os.path.join(path, "1_Pooling", "config.json"), pool_cfg)
     if normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        modules.append(
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+        )
         os.makedirs(os.path.join(path, "2_Normalize"), exist_ok=True)
     _write_json(os.path.join(path, "modules.json"), modules)
-    _write_json(os.path.join(path, "sentence_bert_config.json"), {"max_seq_length": max_seq_length, "do_lower_case": False})
+    _write_json(
+        os.path.join(path, "sentence_bert_config.json"),
+        {"max_seq_length": max_seq_length, "do_lower_case": False},
+    )
     st_cfg: dict = {"prompts": prompts or {}, "default_prompt_name": default_prompt_name}
     if similarity_fn_name is not None:
         st_cfg["similarity_fn_name"] = similarity_fn_name
@@ -165,7 +173,14 @@ def tiny_bert_dir(tmp_path: Path) -> Callable[..., str]:
     With `st=True` (or any of pooling_mode/normalize/prompts/... given) it also writes the sentence-transformers
     files (modules.json, Pooling, sentence_bert_config.json, config_sentence_transformers.json).
     """
-    st_keys = {"pooling_mode", "max_seq_length", "normalize", "prompts", "default_prompt_name", "similarity_fn_name"}
+    st_keys = {
+        "pooling_mode",
+        "max_seq_length",
+        "normalize",
+        "prompts",
+        "default_prompt_name",
+        "similarity_fn_name",
+    }
 
     def make(name: str = "bert", *, st: bool = False, **kwargs) -> str:
         st_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in st_keys}
@@ -181,3 +196,23 @@ def tiny_bert_dir(tmp_path: Path) -> Callable[..., str]:
 def sample_texts() -> list[str]:
     """Mixed-length texts in the tiny vocabulary (includes an empty string)."""
     return list(SAMPLE_TEXTS)
+
+
+def assert_parity(ours, theirs, *, min_cos: float = 0.99999, max_abs: float = 1e-4) -> None:
+    """Per vector: cosine >= min_cos and max |diff| <= max_abs (the project's parity bar vs sentence-transformers)."""
+    import numpy as np
+
+    a = np.atleast_2d(np.asarray(ours, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(theirs, dtype=np.float64))
+    assert a.shape == b.shape, f"shapes differ: ours {a.shape}, theirs {b.shape}"
+    diff = np.abs(a - b).max(axis=1)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cos = np.where(norms > 0, (a * b).sum(axis=1) / np.where(norms > 0, norms, 1), 1.0)
+    bad = [i for i in range(len(a)) if diff[i] > max_abs or cos[i] < min_cos]
+    assert not bad, f"vectors {bad[:10]} differ: max abs diff {diff.max():.3g}, min cosine {cos.min():.8f}"
+
+
+@pytest.fixture
+def parity() -> Callable[..., None]:
+    """The `assert_parity(ours, theirs)` helper, as a fixture so other test folders need no import."""
+    return assert_parity

@@ -1,0 +1,52 @@
+"""Length-sorted batches, by a fixed count or by a padded-token budget (pure functions over lengths)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def length_order(lengths: Sequence[int]) -> list[int]:
+    """Input indices sorted by length, longest first; equal lengths keep input order."""
+    return [int(i) for i in np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")]
+
+
+def batches_by_count(order: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Cut `order` into consecutive batches of `batch_size` indices (the last one may be shorter)."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    return [list(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+
+
+def batches_by_tokens(
+    order: Sequence[int], lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int | None = None
+) -> list[list[int]]:
+    """Cut `order` (longest first) into batches whose padded size, rows x longest row, fits `max_batch_tokens`.
+
+    A text longer than the budget on its own still gets a batch of one; `max_batch_size` caps rows per batch.
+    """
+    if max_batch_tokens <= 0:
+        raise ValueError(f"max_batch_tokens must be a positive integer, got {max_batch_tokens}")
+    if max_batch_size is not None and max_batch_size <= 0:
+        raise ValueError(f"max_batch_size must be a positive integer, got {max_batch_size}")
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for idx in order:
+        n = max(int(lengths[idx]), 1)
+        new_longest = max(longest, n)
+        full = max_batch_size is not None and len(current) >= max_batch_size
+        if current and (full or new_longest * (len(current) + 1) > max_batch_tokens):
+            batches.append(current)
+            current, new_longest = [], n
+        current.append(idx)
+        longest = new_longest
+    if current:
+        batches.append(current)
+    return batches
+
+
+def padded_tokens(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> int:
+    """Total tokens fed to the forward pass when each batch is padded to its longest row."""
+    return sum(len(b) * max(int(lengths[i]) for i in b) for b in batches if b)

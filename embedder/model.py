@@ -1,0 +1,413 @@
+"""EmbeddingModel: load a sentence-transformers folder (local or hub id), encode texts, save the same format."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+
+from embedder import batching, hub
+from embedder.modules import LoadOptions, Module, module_class, type_name_for
+from embedder.quantize import Precision, check_precision, quantize_embeddings
+from embedder.similarity import SimilarityName, check_similarity_name, pairwise, similarity_fn
+
+__version__ = "0.1.0"
+MODULES_FILE = "modules.json"
+ST_CONFIG_FILE = "config_sentence_transformers.json"
+# sentence-transformers >= 5 always knows these two prompts; an empty one means "no prompt, and no default".
+DEFAULT_PROMPTS = {"query": "", "document": ""}
+
+
+class EmbeddingModel(torch.nn.Sequential):
+    """A pipeline of modules (Transformer -> Pooling -> ...) that turns texts into one vector each."""
+
+    def __init__(
+        self,
+        model_name_or_path: str | None = None,
+        *,
+        modules: Iterable[Module] | None = None,
+        device: str | torch.device | None = None,
+        prompts: dict[str, str] | None = None,
+        default_prompt_name: str | None = None,
+        truncate_dim: int | None = None,
+        similarity_fn_name: SimilarityName | None = None,
+        revision: str | None = None,
+        cache_folder: str | None = None,
+        local_files_only: bool = False,
+        token: bool | str | None = None,
+        trust_remote_code: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
+        tokenizer_kwargs: dict[str, Any] | None = None,
+        config_kwargs: dict[str, Any] | None = None,
+        allow_pickle: bool = False,
+    ) -> None:
+        options = LoadOptions(
+            trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle,
+            model_kwargs=dict(model_kwargs or {}),
+            tokenizer_kwargs=dict(tokenizer_kwargs or {}),
+            config_kwargs=dict(config_kwargs or {}),
+        )
+        saved: dict[str, Any] = {}
+        self_module_kwargs: dict[str, Any] = {}
+        model_path = None
+        if model_name_or_path is not None:
+            model_path = hub.resolve_model_path(
+                model_name_or_path,
+                revision=revision,
+                cache_folder=cache_folder,
+                token=token,
+                local_files_only=local_files_only,
+                allow_pickle=allow_pickle,
+            )
+            loaded, saved, self_module_kwargs = load_pipeline(model_path, options)
+        elif modules is not None:
+            loaded = OrderedDict((str(i), m) for i, m in enumerate(modules))
+        else:
+            raise ValueError("EmbeddingModel needs model_name_or_path or modules")
+        if not loaded:
+            raise ValueError("EmbeddingModel needs at least one module")
+        super().__init__(loaded)
+        self.model_path = model_path
+        self.module_kwargs = self_module_kwargs
+        self.options = options
+        self.prompts = {**DEFAULT_PROMPTS, **(saved.get("prompts") or {}), **(prompts or {})}
+        self.prompts = {k: ("" if v is None else v) for k, v in self.prompts.items()}
+        self.default_prompt_name = default_prompt_name or saved.get("default_prompt_name")
+        if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
+            raise ValueError(
+                f"default_prompt_name {self.default_prompt_name!r} is not among the prompts {sorted(self.prompts)}"
+            )
+        self.truncate_dim = truncate_dim if truncate_dim is not None else saved.get("truncate_dim")
+        self._similarity_fn_name: str | None = None
+        self.similarity_fn_name = similarity_fn_name or saved.get("similarity_fn_name") or "cosine"
+        self.stats = {"texts": 0, "tokens": 0, "padded_tokens": 0}
+
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        first = next(self[0].parameters(), None)
+        if first is not None:
+            # Later modules (Dense...) must run in the dtype the transformer was loaded in (fp16/bf16 on GPU).
+            for module in list(self)[1:]:
+                module.to(first.dtype)
+        self._target_device = torch.device(device)
+        self.to(self._target_device)
+        self.eval()
+
+    # --- properties -------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where the forward pass runs."""
+        param = next(self.parameters(), None)
+        return param.device if param is not None else self._target_device
+
+    @property
+    def max_seq_length(self) -> int | None:
+        """The first module's truncation length in tokens."""
+        return getattr(self[0], "max_seq_length", None)
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int | None) -> None:
+        self[0].max_seq_length = value
+
+    @property
+    def similarity_fn_name(self) -> str:
+        """The similarity `similarity()` computes: cosine, dot, euclidean or manhattan."""
+        return self._similarity_fn_name or "cosine"
+
+    @similarity_fn_name.setter
+    def similarity_fn_name(self, value: str) -> None:
+        value = getattr(value, "value", value)  # accept sentence-transformers' SimilarityFunction enum
+        if value == "dot_product":
+            value = "dot"
+        check_similarity_name(value)
+        self._similarity_fn_name = value
+
+    def get_embedding_dimension(self) -> int | None:
+        """Width of the vectors encode returns (after truncate_dim), or None when no module says."""
+        dim = None
+        for module in reversed(list(self)):
+            for name in (
+                "get_sentence_embedding_dimension",
+                "get_embedding_dimension",
+                "get_word_embedding_dimension",
+            ):
+                method = getattr(module, name, None)
+                if callable(method):
+                    dim = method()
+                    break
+            if dim is not None:
+                break
+        if self.truncate_dim is not None:
+            return self.truncate_dim if dim is None else min(dim, self.truncate_dim)
+        return dim
+
+    get_sentence_embedding_dimension = get_embedding_dimension
+
+    # --- encoding ---------------------------------------------------------------------------------------
+    def resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
+        """An explicit prompt wins, then prompt_name's prompt, then the default prompt."""
+        if prompt is not None:
+            return prompt
+        if prompt_name is not None:
+            if prompt_name not in self.prompts:
+                raise ValueError(
+                    f"prompt_name {prompt_name!r} is not among the prompts {sorted(self.prompts)}"
+                )
+            return self.prompts[prompt_name]
+        if self.default_prompt_name is not None:
+            return self.prompts.get(self.default_prompt_name)
+        return None
+
+    def encode(
+        self,
+        inputs: str | Iterable[str],
+        *,
+        batch_size: int = 32,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        task: str | None = None,
+        normalize_embeddings: bool = False,
+        truncate_dim: int | None = None,
+        precision: Precision = "float32",
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        show_progress_bar: bool | None = None,
+        max_batch_tokens: int | None = None,
+    ) -> np.ndarray | torch.Tensor | list[torch.Tensor]:
+        """Embed `inputs` (a string -> 1-D vector, a list -> (n, dim)) in input order.
+
+        Inputs are sorted by token length (longest first) and cut into batches of `batch_size`, or into
+        batches of at most `max_batch_tokens` padded tokens; each batch is padded only to its own longest
+        text. `truncate_dim` applies before `normalize_embeddings`, quantisation (`precision`) after both.
+        """
+        check_precision(precision)
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        texts, single = as_text_list(inputs)
+        prompt = self.resolve_prompt(prompt, prompt_name)
+        truncate_dim = truncate_dim if truncate_dim is not None else self.truncate_dim
+        if not texts:
+            return self._empty(precision, convert_to_tensor, convert_to_numpy)
+
+        first = self[0]
+        prompted = [prompt + t for t in texts] if prompt else texts
+        lengths = first.text_lengths(prompted)
+        order = batching.length_order(lengths)
+        if max_batch_tokens is not None:
+            batches = batching.batches_by_tokens(order, lengths, max_batch_tokens)
+        else:
+            batches = batching.batches_by_count(order, batch_size)
+        if show_progress_bar:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="Batches")
+
+        device = self.device
+        chunks: list[torch.Tensor] = []
+        self.eval()
+        with torch.inference_mode():
+            for batch in batches:
+                features = first.preprocess([texts[i] for i in batch], prompt=prompt, task=task)
+                self._count(features, [lengths[i] for i in batch])
+                features = {
+                    k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()
+                }
+                emb = self(features)["sentence_embedding"]
+                if truncate_dim is not None:
+                    emb = emb[..., :truncate_dim]
+                if normalize_embeddings:
+                    emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
+                chunks.append(emb.float() if convert_to_tensor else emb.float().cpu())
+        sorted_emb = torch.cat(chunks)
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        embeddings = sorted_emb[inverse.to(sorted_emb.device)]
+
+        if precision != "float32":
+            quantized = torch.from_numpy(quantize_embeddings(embeddings, precision))
+            result: Any = (
+                quantized if convert_to_tensor else quantized.numpy() if convert_to_numpy else list(quantized)
+            )
+        elif convert_to_tensor:
+            result = embeddings
+        elif convert_to_numpy:
+            result = embeddings.numpy()
+        else:
+            result = list(embeddings)
+        return result[0] if single else result
+
+    def encode_query(
+        self, inputs: str | Iterable[str], **kwargs: Any
+    ) -> np.ndarray | torch.Tensor | list[torch.Tensor]:
+        """encode with the "query" prompt (if none given) and task "query" (routes Router models)."""
+        return self._encode_as("query", inputs, **kwargs)
+
+    def encode_document(
+        self, inputs: str | Iterable[str], **kwargs: Any
+    ) -> np.ndarray | torch.Tensor | list[torch.Tensor]:
+        """encode with the "document" prompt (if none given) and task "document" (routes Router models)."""
+        return self._encode_as("document", inputs, **kwargs)
+
+    def _encode_as(self, task: str, inputs: str | Iterable[str], **kwargs: Any) -> Any:
+        if kwargs.get("prompt_name") is None and kwargs.get("prompt") is None and task in self.prompts:
+            kwargs["prompt_name"] = task
+        kwargs.setdefault("task", task)
+        return self.encode(inputs, **kwargs)
+
+    def _count(self, features: dict[str, Any], lengths: list[int]) -> None:
+        """Add this batch's real and padded token counts to `stats`."""
+        mask = features.get("attention_mask")
+        self.stats["texts"] += len(lengths)
+        if isinstance(mask, torch.Tensor):
+            self.stats["tokens"] += int(mask.sum())
+            self.stats["padded_tokens"] += int(mask.numel())
+        else:
+            self.stats["tokens"] += sum(lengths)
+            self.stats["padded_tokens"] += sum(lengths)
+
+    def _empty(self, precision: str, convert_to_tensor: bool, convert_to_numpy: bool) -> Any:
+        dim = self.get_embedding_dimension() or 0
+        width = (dim + 7) // 8 if precision.endswith("binary") else dim
+        dtype = {"float32": np.float32, "int8": np.int8, "binary": np.int8}.get(precision, np.uint8)
+        empty = np.zeros((0, width), dtype=dtype)
+        if convert_to_tensor:
+            return torch.from_numpy(empty)
+        return empty if convert_to_numpy else []
+
+    # --- similarity ---------------------------------------------------------------------------------------
+    def similarity(self, a: Any, b: Any) -> torch.Tensor:
+        """(len(a), len(b)) scores under similarity_fn_name (euclidean/manhattan are negative distances)."""
+        return similarity_fn(self.similarity_fn_name)(a, b)
+
+    def similarity_pairwise(self, a: Any, b: Any) -> torch.Tensor:
+        """score(a[i], b[i]) under similarity_fn_name."""
+        return pairwise(self.similarity_fn_name, a, b)
+
+    # --- saving / describing ----------------------------------------------------------------------------
+    def save_pretrained(self, path: str) -> None:
+        """Write the sentence-transformers folder format: modules.json, configs, each module in its folder."""
+        os.makedirs(path, exist_ok=True)
+        entries = []
+        for idx, (name, module) in enumerate(self._modules.items()):
+            sub = (
+                ""
+                if idx == 0 and getattr(module, "save_in_root", False)
+                else f"{idx}_{type(module).__name__}"
+            )
+            module.save(os.path.join(path, sub) if sub else path)
+            entry: dict[str, Any] = {"idx": idx, "name": name, "path": sub, "type": type_name_for(module)}
+            if self.module_kwargs.get(name):
+                entry["kwargs"] = self.module_kwargs[name]
+            entries.append(entry)
+        _write_json(os.path.join(path, MODULES_FILE), entries)
+        _write_json(os.path.join(path, ST_CONFIG_FILE), self._st_config(), sort_keys=True)
+
+    def _st_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "model_type": "SentenceTransformer",
+            "__version__": {
+                "embedder": __version__,
+                "transformers": transformers.__version__,
+                "pytorch": torch.__version__,
+            },
+            "prompts": self.prompts,
+            "default_prompt_name": self.default_prompt_name,
+            "similarity_fn_name": self.similarity_fn_name,
+        }
+        if self.truncate_dim is not None:
+            config["truncate_dim"] = self.truncate_dim
+        return config
+
+    def describe(self) -> dict[str, Any]:
+        """Module types and configs plus the settings that shape the vectors (for job metadata)."""
+        param = next(self.parameters(), None)
+        return {
+            "model_path": self.model_path,
+            "modules": [
+                {"name": n, "type": type_name_for(m), "config": m.get_config_dict()}
+                for n, m in self._modules.items()
+            ],
+            "embedding_dimension": self.get_embedding_dimension(),
+            "max_seq_length": self.max_seq_length,
+            "similarity_fn_name": self.similarity_fn_name,
+            "prompts": dict(self.prompts),
+            "default_prompt_name": self.default_prompt_name,
+            "truncate_dim": self.truncate_dim,
+            "device": str(self.device),
+            "dtype": str(param.dtype).removeprefix("torch.") if param is not None else None,
+        }
+
+
+def as_text_list(inputs: Any) -> tuple[list[str], bool]:
+    """(texts, was_single): a string becomes a one-item list; anything else must be an iterable of strings."""
+    if isinstance(inputs, str):
+        return [inputs], True
+    if inputs is None or isinstance(inputs, (bytes, dict)) or not isinstance(inputs, Iterable):
+        raise ValueError(f"inputs must be a string or a list of strings, got {type(inputs).__name__}")
+    texts = inputs.tolist() if isinstance(inputs, np.ndarray) else list(inputs)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(f"inputs[{i}] is {type(text).__name__} ({text!r:.60}), expected str")
+    return texts, False
+
+
+def load_pipeline(
+    root: str, options: LoadOptions
+) -> tuple[OrderedDict[str, Module], dict[str, Any], dict[str, Any]]:
+    """Modules, config_sentence_transformers.json and per-module kwargs from a folder (ST format or plain HF)."""
+    st_config = _read_json(os.path.join(root, ST_CONFIG_FILE)) or {}
+    modules_file = os.path.join(root, MODULES_FILE)
+    if not os.path.exists(modules_file):
+        return _default_pipeline(root, options), st_config, {}
+    entries = _read_json(modules_file)
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{modules_file}: expected a non-empty list of modules, got {entries!r:.200}")
+    modules: OrderedDict[str, Module] = OrderedDict()
+    kwargs: dict[str, Any] = {}
+    for i, entry in enumerate(entries):
+        missing = [k for k in ("path", "type") if k not in entry]
+        if missing:
+            raise ValueError(f"{modules_file}[{i}]: missing {missing}")
+        sub = entry["path"]
+        if os.path.isabs(sub) or ".." in sub.replace("\\", "/").split("/"):
+            raise ValueError(f"{modules_file}[{i}]: path {sub!r} must stay inside the model folder")
+        cls = module_class(entry["type"])
+        name = str(entry.get("name", i))
+        modules[name] = cls.load(os.path.join(root, sub) if sub else root, options)
+        if entry.get("kwargs"):
+            kwargs[name] = entry["kwargs"]
+    return modules, st_config, kwargs
+
+
+def _default_pipeline(root: str, options: LoadOptions) -> OrderedDict[str, Module]:
+    """A plain transformers folder: Transformer + mean pooling (last-token pooling for causal LMs), as ST does."""
+    transformer = module_class("Transformer").load(root, options)
+    config = transformer.auto_model.config
+    archs = getattr(config, "architectures", None) or []
+    causal = bool(archs) and archs[0].endswith("ForCausalLM") and getattr(config, "is_causal", True)
+    pooling = module_class("Pooling")(
+        transformer.get_word_embedding_dimension(), pooling_mode="lasttoken" if causal else "mean"
+    )
+    return OrderedDict([("0", transformer), ("1", pooling)])
+
+
+def _read_json(file: str) -> Any:
+    if not os.path.exists(file):
+        return None
+    with open(file, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{file}: invalid JSON ({e})") from e
+
+
+def _write_json(file: str, obj: Any, sort_keys: bool = False) -> None:
+    with open(file, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=sort_keys)

@@ -1,0 +1,201 @@
+"""`embedjob run | plan | status | submit`: a YAML job file, with common fields as flags (flags win)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from jobs.spec import JobSpec, SpecError
+
+# flag dest -> dotted spec field
+FLAG_FIELDS = {
+    "model": "model.name",
+    "input": "input.uri",
+    "output": "output.uri",
+    "text_column": "input.text_column",
+    "id_column": "input.id_column",
+    "previous": "previous",
+    "rows_per_file": "output.rows_per_file",
+    "replicas": "compute.replicas",
+    "cpus_per_replica": "compute.cpus_per_replica",
+    "gpus_per_replica": "compute.gpus_per_replica",
+    "batch_size": "compute.batch_size",
+    "max_batch_tokens": "compute.max_batch_tokens",
+    "device": "compute.device",
+    "precision": "model.precision",
+    "on_bad_row": "policy.on_bad_row",
+}
+
+
+def _add_spec_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job", nargs="?", help="job YAML file (optional when flags give model, input and output)")
+    p.add_argument("--model", help="model folder, hub id, or python-package:NAME")
+    p.add_argument("--input", help="input URI: Parquet file, folder or glob, or a save_to_disk folder")
+    p.add_argument("--output", help="output folder URI")
+    p.add_argument("--text-column")
+    p.add_argument("--id-column")
+    p.add_argument("--previous", help="a previous output to reuse unchanged rows' vectors from")
+    p.add_argument("--rows-per-file", type=int)
+    p.add_argument("--replicas", type=int)
+    p.add_argument("--cpus-per-replica", type=int)
+    p.add_argument("--gpus-per-replica", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-batch-tokens", type=int)
+    p.add_argument("--device")
+    p.add_argument("--precision")
+    p.add_argument("--on-bad-row")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="any spec field, e.g. --set model.normalize=true (value parsed as YAML)")
+
+
+def load_spec(args: argparse.Namespace) -> JobSpec:
+    """The job file with the flags applied on top."""
+    import yaml
+
+    overrides: dict[str, Any] = {}
+    for dest, dotted in FLAG_FIELDS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            overrides[dotted] = value
+    for item in args.set:
+        if "=" not in item:
+            raise SpecError(f"--set: expected FIELD=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = yaml.safe_load(value)
+    return JobSpec.load(args.job, overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `embedjob`."""
+    parser = argparse.ArgumentParser(prog="embedjob", description="Batch-embed Parquet or HF datasets on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a job (resumes into an existing output of the same job)")
+    _add_spec_flags(run)
+    run.add_argument("--overwrite", action="store_true", help="delete whatever the output holds and start again")
+    run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    run.add_argument("--log-file", help="write the JSON log lines here instead of stderr")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    plan = sub.add_parser("plan", help="list the input, validate it and print the shards and estimates")
+    _add_spec_flags(plan)
+    plan.add_argument("--calibrate", action="store_true", help="time the model on a sample to estimate the run time")
+    plan.add_argument("--json", action="store_true", help="print the whole plan as JSON")
+    status = sub.add_parser("status", help="a submitted job's status (--job-id) or an output's progress (--output)")
+    status.add_argument("--job-id")
+    status.add_argument("--address")
+    status.add_argument("--output", help="output URI to report committed shards of")
+    try:
+        from jobs import submit
+    except ImportError:
+        submit = None
+    if submit is not None:
+        submit.add_commands(sub)
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from jobs.run import print_summary, run_job
+
+    spec = load_spec(args)
+    summary = run_job(spec, overwrite=args.overwrite, address=args.address, progress=not args.no_progress,
+                      log_file=args.log_file)
+    print_summary(summary)
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from jobs.plan import describe_plan, plan_job, sample_texts
+
+    spec = load_spec(args)
+    plan = plan_job(spec)
+    rate = None
+    if args.calibrate:
+        rate = _calibrate(spec, sample_texts(spec, plan, limit=256))
+    info = describe_plan(spec, plan, rate)
+    if args.json:
+        print(json.dumps({**info, "shards": [s.to_dict() for s in plan.shards]}, indent=2))
+        return 0
+    for s in plan.shards:
+        print(f"{s.index:5d}  {s.shard_id}  {s.source}  rows {s.start}-{s.stop} ({s.rows})")
+    print(f"{info['shards']} shards, {info['rows']:,} rows in {info['files']} file(s); "
+          f"~{info['est_tokens']:,} tokens (avg {info['avg_chars']} chars/row, chars/4)")
+    if "est_seconds" in info:
+        print(f"estimated time on one replica: {info['est_seconds']:,.0f} s at {info['tokens_per_s']:,.0f} tokens/s "
+              f"(divide by the number of replicas)")
+    return 0
+
+
+def _calibrate(spec: JobSpec, texts: list[str]) -> float | None:
+    """Tokens/s of one in-process replica on a sample of the input."""
+    from embedder import EmbeddingModel
+
+    from jobs.spec import resolve_model_name
+
+    m = spec.model
+    model = EmbeddingModel(resolve_model_name(m.name), revision=m.revision, trust_remote_code=m.trust_remote_code,
+                           allow_pickle=m.allow_pickle, model_kwargs=m.model_kwargs or None)
+    model.encode(texts[:8], batch_size=spec.compute.batch_size)
+    before = model.stats["tokens"]
+    t0 = time.perf_counter()
+    model.encode(texts, batch_size=spec.compute.batch_size, max_batch_tokens=spec.compute.max_batch_tokens)
+    seconds = time.perf_counter() - t0
+    return (model.stats["tokens"] - before) / seconds if seconds > 0 else None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    if args.job_id:
+        try:
+            from jobs import submit
+        except ImportError:
+            print("embedjob status --job-id: jobs.submit is not available", file=sys.stderr)
+            return 2
+        return submit.job_status(args.job_id, args.address)
+    if not args.output:
+        print("embedjob status: give --job-id ID [--address A] or --output URI", file=sys.stderr)
+        return 2
+    from jobs.manifest import PLAN_FILE, SUCCESS_FILE, OutputStore
+
+    store = OutputStore(args.output)
+    plan = store.read_json(PLAN_FILE)
+    records = store.records()
+    success = store.read_json(SUCCESS_FILE)
+    total = len(plan["shards"]) if plan else None
+    print(json.dumps({"output": args.output, "shards_committed": len(records), "shards_total": total,
+                      "rows_written": sum(r["rows"] for r in records), "complete": success is not None,
+                      "success": success}, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `embedjob` console command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"run": cmd_run, "plan": cmd_plan, "status": cmd_status}
+    try:
+        if args.command in handlers:
+            return handlers[args.command](args)
+        if hasattr(args, "func"):
+            return args.func(args) or 0
+        parser.error(f"unknown command {args.command!r}")
+    except SpecError as e:
+        print(f"embedjob: invalid job: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("embedjob: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as e:
+        from jobs.manifest import OutputConflict
+        from jobs.plan import PlanError
+        from jobs.run import JobError
+
+        if isinstance(e, (PlanError, OutputConflict, JobError)):
+            print(f"embedjob: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""List the input (fsspec / pyarrow / HF datasets) and cut it into shards of bounded rows with stable ids."""
+
+from __future__ import annotations
+
+import dataclasses
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jobs.fingerprint import digest, shard_id
+from jobs.read import dataset_kind, open_dataset, open_input_fs, open_parquet, read_columns
+from jobs.retry import RetryPolicy, call_with_retries
+from jobs.spec import InputSpec, JobSpec
+
+_GLOB_CHARS = "*?["
+
+
+class PlanError(ValueError):
+    """The input cannot be planned: missing files or columns, unreadable Parquet; names the file."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A bounded row range of one input file (or of a dataset): the unit of work, retry and commit."""
+
+    index: int
+    shard_id: str
+    kind: str  # "parquet" | "dataset"
+    source: str  # path relative to the input root (or the dataset split), used for ids and --previous
+    path: str  # full path on the input filesystem (parquet) or "" (dataset)
+    start: int  # first row (within the file or dataset)
+    stop: int  # one past the last row
+    row_groups: tuple[int, ...] = ()
+    group_starts: tuple[int, ...] = ()  # first row of each of row_groups
+
+    @property
+    def rows(self) -> int:
+        """How many input rows the shard covers."""
+        return self.stop - self.start
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON and Ray."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Shard:
+        """Inverse of to_dict."""
+        return cls(**{**d, "row_groups": tuple(d["row_groups"]), "group_starts": tuple(d["group_starts"])})
+
+
+@dataclass
+class Plan:
+    """The shards of a job, the input schema they share, and a fingerprint of both."""
+
+    kind: str
+    shards: list[Shard]
+    schema: dict[str, str] = field(default_factory=dict)  # column -> Arrow type string
+    files: int = 0
+
+    @property
+    def rows(self) -> int:
+        """Total input rows."""
+        return sum(s.rows for s in self.shards)
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the shard ids in order: a changed input gives a different plan."""
+        return digest([s.shard_id for s in self.shards], self.schema, size=16)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The form written to _plan.json."""
+        return {
+            "kind": self.kind,
+            "fingerprint": self.fingerprint,
+            "rows": self.rows,
+            "files": self.files,
+            "schema": self.schema,
+            "shards": [s.to_dict() for s in self.shards],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Plan:
+        """Inverse of to_dict."""
+        return cls(d["kind"], [Shard.from_dict(s) for s in d["shards"]], d.get("schema", {}), d.get("files", 0))
+
+
+def plan_job(spec: JobSpec) -> Plan:
+    """List the job's input, validate every file's schema, and cut it into shards of <= output.rows_per_file rows."""
+    policy = RetryPolicy(attempts=spec.policy.retries)
+    bound = spec.output.rows_per_file
+    if dataset_kind(spec.input) == "parquet":
+        return _plan_parquet(spec.input, bound, policy)
+    return _plan_dataset(spec.input, bound)
+
+
+def list_parquet_files(inp: InputSpec, policy: RetryPolicy) -> tuple[Any, str, list[str]]:
+    """(fs, base, paths): the Parquet files under a file, folder or glob, sorted; base is the common root."""
+    fs, root = open_input_fs(inp)
+    what = f"input.uri {inp.uri}: list"
+    if any(c in root for c in _GLOB_CHARS):
+        paths = call_with_retries(lambda: fs.glob(root), what=what, policy=policy)
+        cut = min(root.index(c) for c in _GLOB_CHARS if c in root)
+        prefix = root[:cut]
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+    elif call_with_retries(lambda: fs.isdir(root), what=what, policy=policy):
+        paths = call_with_retries(lambda: fs.find(root), what=what, policy=policy)
+        base = root.rstrip("/")
+        paths = [p for p in paths if p.endswith((".parquet", ".pq", ".parq"))]
+    else:
+        if not call_with_retries(lambda: fs.exists(root), what=what, policy=policy):
+            raise PlanError(f"input.uri: {inp.uri} does not exist")
+        paths, base = [root], posixpath.dirname(root)
+    # Hidden and underscore-prefixed paths are metadata (_SUCCESS, _tmp/, .crc), as pyarrow.dataset treats them.
+    paths = sorted(p for p in paths if not any(part.startswith(("_", ".")) for part in _rel(p, base).split("/")))
+    if not paths:
+        raise PlanError(f"input.uri: no Parquet files found at {inp.uri}")
+    return fs, base, paths
+
+
+def _rel(path: str, base: str) -> str:
+    return posixpath.relpath(path, base) if base else path
+
+
+def _plan_parquet(inp: InputSpec, bound: int, policy: RetryPolicy) -> Plan:
+    fs, base, paths = list_parquet_files(inp, policy)
+    shards: list[Shard] = []
+    schema: dict[str, str] = {}
+    first_file = ""
+    for path in paths:
+        info = call_with_retries(lambda p=path: fs.info(p), what=f"input {path}: stat", policy=policy)
+        etag = info.get("ETag") or info.get("etag")
+        rel = _rel(path, base)
+        try:
+            pf = open_parquet(fs, path, policy)
+            file_schema = pf.schema_arrow
+            groups = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
+        except (pa.ArrowException, OSError) as e:
+            if isinstance(e, FileNotFoundError):
+                raise PlanError(f"input {path}: disappeared while planning") from e
+            raise PlanError(f"input {path}: not a readable Parquet file ({type(e).__name__}: {e})") from e
+        cols = _check_columns(inp, file_schema, path)
+        if not schema:
+            schema, first_file = cols, path
+        elif cols != schema:
+            diff = {k: (schema.get(k), cols.get(k)) for k in set(schema) | set(cols) if schema.get(k) != cols.get(k)}
+            raise PlanError(f"input {path}: column types differ from {first_file}: {diff} (first file, this file)")
+        for start, stop, gs, starts in _cut(groups, bound):
+            sid = shard_id(rel, info.get("size"), etag, start, stop)
+            shards.append(Shard(len(shards), sid, "parquet", rel, path, start, stop, gs, starts))
+    return Plan("parquet", shards, schema, files=len(paths))
+
+
+def _cut(groups: list[int], bound: int) -> list[tuple[int, int, tuple[int, ...], tuple[int, ...]]]:
+    """Cut a file's row groups into row ranges of <= bound rows, whole row groups where they fit."""
+    out: list[tuple[int, int, tuple[int, ...], tuple[int, ...]]] = []
+    cur: list[int] = []
+    cur_start = cur_rows = 0
+    offset = 0
+
+    def flush() -> None:
+        nonlocal cur, cur_rows
+        if cur:
+            starts = tuple(cur_start + sum(groups[g] for g in cur[:k]) for k in range(len(cur)))
+            out.append((cur_start, cur_start + cur_rows, tuple(cur), starts))
+        cur, cur_rows = [], 0
+
+    for g, n in enumerate(groups):
+        if n == 0:
+            continue
+        if n > bound:
+            flush()
+            pieces = -(-n // bound)
+            step = -(-n // pieces)
+            for lo in range(0, n, step):
+                out.append((offset + lo, offset + min(n, lo + step), (g,), (offset,)))
+        else:
+            if cur_rows + n > bound:
+                flush()
+            if not cur:
+                cur_start = offset
+            cur.append(g)
+            cur_rows += n
+        offset += n
+    flush()
+    return out
+
+
+def _check_columns(inp: InputSpec, schema: pa.Schema, where: str) -> dict[str, str]:
+    """The Arrow types of the columns the job reads; a missing one is an error naming the file and column."""
+    names = schema.names
+    out: dict[str, str] = {}
+    for col, field_name in read_columns(inp):
+        if col not in names:
+            raise PlanError(f"{field_name}: column {col!r} not found in {where}; its columns are {names}")
+        out[col] = str(schema.field(col).type)
+    text_type = schema.field(inp.text_column).type
+    if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type) or pa.types.is_binary(text_type)
+            or pa.types.is_large_binary(text_type) or pa.types.is_string_view(text_type) or pa.types.is_null(text_type)):
+        raise PlanError(f"input.text_column: column {inp.text_column!r} in {where} has type {text_type}, expected string")
+    return out
+
+
+def _plan_dataset(inp: InputSpec, bound: int) -> Plan:
+    try:
+        ds = open_dataset(inp)
+    except PlanError:
+        raise
+    except Exception as e:
+        where = inp.uri or inp.dataset or inp.data_files
+        raise PlanError(f"input: cannot open dataset {where!r} ({type(e).__name__}: {e})") from e
+    schema = ds.data.schema
+    cols = _check_columns(inp, schema, f"dataset {inp.uri or inp.dataset}")
+    source = inp.split or "data"
+    fp = getattr(ds, "_fingerprint", None)
+    shards = []
+    for start in range(0, len(ds), bound):
+        stop = min(len(ds), start + bound)
+        shards.append(Shard(len(shards), shard_id(source, len(ds), fp, start, stop), "dataset", source, "", start, stop))
+    return Plan("dataset", shards, cols, files=1)
+
+
+def sample_texts(spec: JobSpec, plan: Plan, limit: int = 1000) -> list[str]:
+    """Up to `limit` texts spread over the first shards, for estimates and calibration."""
+    from jobs.read import iter_shard_batches
+
+    texts: list[str] = []
+    policy = RetryPolicy(attempts=spec.policy.retries)
+    step = max(1, len(plan.shards) // 8)
+    for shard in plan.shards[::step]:
+        for batch in iter_shard_batches(shard, spec.input, min(limit, 256), policy):
+            texts += [t for t in batch.column("__text__").to_pylist() if isinstance(t, str)]
+            break
+        if len(texts) >= limit:
+            break
+    return texts[:limit]
+
+
+def describe_plan(spec: JobSpec, plan: Plan, tokens_per_s: float | None = None) -> dict[str, Any]:
+    """A summary of the plan: shards, rows, an estimate of tokens (sample chars / 4) and, given a rate, time."""
+    texts = sample_texts(spec, plan)
+    avg_chars = sum(len(t) for t in texts) / max(1, len(texts))
+    max_len = spec.model.max_seq_length
+    per_text = avg_chars / 4 + 2
+    if max_len:
+        per_text = min(per_text, max_len)
+    tokens = int(per_text * plan.rows)
+    out: dict[str, Any] = {
+        "kind": plan.kind,
+        "files": plan.files,
+        "shards": len(plan.shards),
+        "rows": plan.rows,
+        "avg_chars": round(avg_chars, 1),
+        "est_tokens": tokens,
+        "fingerprint": plan.fingerprint,
+    }
+    if tokens_per_s:
+        out["tokens_per_s"] = round(tokens_per_s, 1)
+        out["est_seconds"] = round(tokens / tokens_per_s, 1)
+    return out

@@ -1,0 +1,106 @@
+"""Driver progress: a tqdm bar (shards, rows, rows/s, tokens/s, ETA) and machine-parseable JSON log lines."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import IO, Any
+
+from jobs.redact import redact
+
+
+class Progress:
+    """Counts committed shards; draws the bar and writes one JSON line per event (to a file, or stderr)."""
+
+    def __init__(self, total_rows: int, total_shards: int, *, bar: bool = True, log_file: str | None = None):
+        self.started = time.perf_counter()
+        self.total_rows, self.total_shards = total_rows, total_shards
+        self.shards = self.rows = self.tokens = 0
+        self.counts = {"embedded": 0, "reused": 0, "quarantined": 0, "skipped_shards": 0}
+        self._log: IO[str] = open(log_file, "a", encoding="utf-8") if log_file else sys.stderr  # noqa: SIM115
+        self._own_log = log_file is not None
+        self._bar = None
+        if bar:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_rows, unit="row", dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
+            self._bar.set_description(f"shards 0/{total_shards}")
+
+    def event(self, event: str, **fields: Any) -> None:
+        """Write one JSON log line: {"event": ..., "ts": ..., **fields} (secrets masked)."""
+        line = json.dumps(redact({"event": event, "ts": round(time.time(), 3), **fields}), default=str, sort_keys=False)
+        if self._bar is not None and not self._own_log:
+            self._bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=self._log, flush=True)
+
+    def resumed(self, records: list[dict[str, Any]]) -> None:
+        """Count shards an earlier run committed (they are not redone)."""
+        for r in records:
+            self.shards += 1
+            self.rows += r["rows_in"]
+            self.counts["skipped_shards"] += 1
+            for key in ("embedded", "reused", "quarantined"):
+                self.counts[key] += r.get(key, 0)
+        if self._bar is not None:
+            self._bar.update(sum(r["rows_in"] for r in records))
+            self._bar.set_description(f"shards {self.shards}/{self.total_shards}")
+
+    def committed(self, record: dict[str, Any], attempt: int) -> None:
+        """Count a shard this run committed, update the bar, and log it."""
+        self.shards += 1
+        self.rows += record["rows_in"]
+        self.tokens += record.get("tokens", 0)
+        for key in ("embedded", "reused", "quarantined"):
+            self.counts[key] += record.get(key, 0)
+        elapsed = max(1e-9, time.perf_counter() - self.started)
+        if self._bar is not None:
+            self._bar.update(record["rows_in"])
+            self._bar.set_description(f"shards {self.shards}/{self.total_shards}")
+            self._bar.set_postfix_str(f"{self.tokens / elapsed:,.0f} tok/s", refresh=False)
+        self.event(
+            "shard_committed",
+            shard_id=record["shard_id"],
+            index=record["index"],
+            rows=record["rows"],
+            embedded=record.get("embedded", 0),
+            reused=record.get("reused", 0),
+            quarantined=record.get("quarantined", 0),
+            tokens=record.get("tokens", 0),
+            seconds=record.get("seconds"),
+            attempt=attempt,
+            shards_done=self.shards,
+            shards_total=self.total_shards,
+        )
+
+    def close(self) -> None:
+        """Close the bar and the log file."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._own_log:
+            self._log.close()
+
+    def summary(self, rows_done: int) -> dict[str, Any]:
+        """Totals for the final log line and the printed summary."""
+        elapsed = time.perf_counter() - self.started
+        return {
+            "shards": self.shards,
+            "rows": self.rows,
+            **self.counts,
+            "tokens": self.tokens,
+            "seconds": round(elapsed, 2),
+            "rows_per_s": round(rows_done / elapsed, 1) if elapsed > 0 else None,
+            "tokens_per_s": round(self.tokens / elapsed, 1) if elapsed > 0 else None,
+        }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A short human-readable summary of a finished job."""
+    return (
+        f"done: {summary['rows']:,} rows in {summary['shards']} shards -> {summary['output']}\n"
+        f"  embedded {summary['embedded']:,}, reused {summary['reused']:,}, deleted {summary.get('deleted', 0):,}, "
+        f"quarantined {summary['quarantined']:,} (shards already committed: {summary['skipped_shards']})\n"
+        f"  {summary['seconds']:.1f} s, {summary['rows_per_s'] or 0:,.1f} rows/s, {summary['tokens_per_s'] or 0:,.0f} tokens/s"
+    )

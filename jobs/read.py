@@ -1,0 +1,141 @@
+"""Read one shard's rows (text, id, passthrough columns) in batches, from Parquet or a Hugging Face dataset."""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jobs.faults import maybe_fail
+from jobs.fingerprint import digest
+from jobs.retry import RetryPolicy, call_with_retries
+from jobs.spec import InputSpec
+
+if TYPE_CHECKING:
+    from jobs.plan import Shard
+
+TEXT, ID, ROW = "__text__", "__id__", "__row__"
+_HF_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+_datasets: dict[str, Any] = {}
+
+
+def open_input_fs(inp: InputSpec) -> tuple[Any, str]:
+    """(filesystem, path) for input.uri with its storage options."""
+    import fsspec
+
+    return fsspec.core.url_to_fs(inp.uri, **inp.storage_options)
+
+
+def open_parquet(fs: Any, path: str, policy: RetryPolicy) -> pq.ParquetFile:
+    """Open a Parquet file (footer read) with storage retries."""
+
+    def attempt() -> pq.ParquetFile:
+        maybe_fail("storage.read", key=path)
+        return pq.ParquetFile(fs.open(path, "rb"))
+
+    return call_with_retries(attempt, what=f"input {path}: open", policy=policy)
+
+
+def read_columns(inp: InputSpec) -> list[tuple[str, str]]:
+    """(column, spec field) for each input column the job reads: text, id (if given), passthrough."""
+    cols = [(inp.text_column, "input.text_column")]
+    if inp.id_column:
+        cols.append((inp.id_column, "input.id_column"))
+    cols += [(c, f"input.passthrough[{k}]") for k, c in enumerate(inp.passthrough)]
+    return cols
+
+
+def dataset_kind(inp: InputSpec) -> str:
+    """'parquet', 'hf_disk', 'hf_hub' or 'hf_files': input.format, or detected from what input.uri holds."""
+    if inp.format != "auto":
+        return inp.format
+    if inp.dataset:
+        return "hf_hub"
+    if inp.data_files:
+        return "hf_files"
+    fs, root = open_input_fs(inp)
+    if fs.isdir(root) and (fs.exists(posixpath.join(root, "state.json")) or fs.exists(posixpath.join(root, "dataset_dict.json"))):
+        return "hf_disk"
+    return "parquet"
+
+
+def open_dataset(inp: InputSpec) -> Any:
+    """The (memory-mapped) HF Dataset behind a dataset input; opened once per process."""
+    key = digest(inp.uri, inp.format, inp.dataset, inp.config, inp.split, inp.data_files, inp.storage_options)
+    if key in _datasets:
+        return _datasets[key]
+    import datasets
+
+    kind = dataset_kind(inp)
+    if kind == "hf_disk":
+        ds = datasets.load_from_disk(inp.uri, storage_options=inp.storage_options or None)
+    elif kind == "hf_hub":
+        ds = datasets.load_dataset(inp.dataset, inp.config, split=inp.split, storage_options=inp.storage_options or None)
+    else:
+        files = inp.data_files
+        first = files if isinstance(files, str) else (files[0] if isinstance(files, list) else next(iter(files.values())))
+        if isinstance(first, list):
+            first = first[0]
+        ext = posixpath.splitext(str(first))[1].lower()
+        if ext not in _HF_FILE_BUILDERS:
+            raise ValueError(f"input.data_files: cannot tell the format of {first!r}; use one of {sorted(_HF_FILE_BUILDERS)}")
+        ds = datasets.load_dataset(_HF_FILE_BUILDERS[ext], data_files=files, split=inp.split or "train")
+    if isinstance(ds, datasets.DatasetDict):
+        if not inp.split:
+            raise ValueError(f"input.split: required for a dataset with splits {sorted(ds)}")
+        if inp.split not in ds:
+            raise ValueError(f"input.split: {inp.split!r} is not one of {sorted(ds)}")
+        ds = ds[inp.split]
+    _datasets[key] = ds
+    return ds
+
+
+def iter_shard_batches(shard: Shard, inp: InputSpec, batch_rows: int, policy: RetryPolicy) -> Iterator[pa.Table]:
+    """Yield the shard's rows in order, as tables of <= batch_rows rows: __text__, __id__, __row__, passthrough."""
+    cols = list(dict.fromkeys(c for c, _ in read_columns(inp)))
+    pieces = _parquet_pieces(shard, inp, cols, policy) if shard.kind == "parquet" else _dataset_pieces(shard, inp, cols, batch_rows)
+    for table, first_row in pieces:
+        for lo in range(0, table.num_rows, batch_rows):
+            part = table.slice(lo, batch_rows)
+            yield _normalise(part, inp, shard.source, first_row + lo)
+
+
+def _parquet_pieces(shard: Shard, inp: InputSpec, cols: list[str], policy: RetryPolicy) -> Iterator[tuple[pa.Table, int]]:
+    fs, _ = open_input_fs(inp)
+    for group, group_start in zip(shard.row_groups, shard.group_starts):
+
+        def attempt(g: int = group) -> pa.Table:
+            maybe_fail("storage.read", key=shard.path)
+            # A fresh handle per attempt: a failed read can leave a remote file object mid-stream.
+            with fs.open(shard.path, "rb") as f:
+                return pq.ParquetFile(f).read_row_group(g, columns=cols)
+
+        table = call_with_retries(attempt, what=f"shard {shard.shard_id}: read {shard.path} row group {group}", policy=policy)
+        lo = max(shard.start, group_start)
+        hi = min(shard.stop, group_start + table.num_rows)
+        if hi > lo:
+            yield table.slice(lo - group_start, hi - lo), lo
+
+
+def _dataset_pieces(shard: Shard, inp: InputSpec, cols: list[str], batch_rows: int) -> Iterator[tuple[pa.Table, int]]:
+    ds = open_dataset(inp).select_columns(cols).with_format("arrow")
+    for lo in range(shard.start, shard.stop, batch_rows):
+        hi = min(shard.stop, lo + batch_rows)
+        yield ds[lo:hi], lo
+
+
+def _normalise(table: pa.Table, inp: InputSpec, source: str, first_row: int) -> pa.Table:
+    """Rename to the runner's internal columns; ids derived from file and row when input.id_column is unset."""
+    n = table.num_rows
+    rows = pa.array(range(first_row, first_row + n), pa.int64())
+    if inp.id_column:
+        ids = table.column(inp.id_column)
+    else:
+        ids = pa.array([f"{source}:{r}" for r in range(first_row, first_row + n)], pa.string())
+    columns = {TEXT: table.column(inp.text_column), ID: ids, ROW: rows}
+    for col in inp.passthrough:
+        columns[col] = table.column(col)
+    return pa.table(columns)

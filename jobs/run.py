@@ -1,0 +1,320 @@
+"""The driver: plan, start model replicas, stream shards to free actors, resubmit on death, commit, summarise."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from jobs.faults import fault_env
+from jobs.fingerprint import digest
+from jobs.incremental import PreviousOutput, find_deleted
+from jobs.manifest import JOB_FILE, PLAN_FILE, SUCCESS_FILE, OutputConflict, OutputStore, check_compatible
+from jobs.plan import Plan, Shard, plan_job
+from jobs.progress import Progress, format_summary
+from jobs.redact import redact, register_secrets_in
+from jobs.retry import RetryPolicy
+from jobs.spec import JobSpec, SpecError
+
+ACTOR_RESTARTS = 3
+_PACKAGES = ("embedjob", "torch", "transformers", "tokenizers", "ray", "pyarrow", "datasets", "fsspec", "numpy")
+
+
+class JobError(RuntimeError):
+    """The job stopped: a shard failed for a reason retrying cannot fix, or ran out of attempts."""
+
+
+def as_spec(spec: JobSpec | dict[str, Any] | str) -> JobSpec:
+    """A JobSpec from a JobSpec, a mapping, or a YAML path."""
+    if isinstance(spec, JobSpec):
+        return spec
+    if isinstance(spec, dict):
+        return JobSpec.from_dict(spec)
+    return JobSpec.load(spec)
+
+
+def absolutize(spec: JobSpec) -> JobSpec:
+    """Local relative paths made absolute, since Ray workers need not share the driver's working directory."""
+    d = spec.to_dict()
+
+    def fix(value: str | None) -> str | None:
+        if value and "://" not in value and not value.startswith("python-package:"):
+            return os.path.abspath(os.path.expanduser(value))
+        return value
+
+    d["input"]["uri"] = fix(d["input"]["uri"])
+    d["output"]["uri"] = fix(d["output"]["uri"])
+    d["previous"] = fix(d["previous"])
+    d["input"]["previous"] = fix(d["input"]["previous"])
+    if os.path.exists(d["model"]["name"]):
+        d["model"]["name"] = fix(d["model"]["name"])
+    return JobSpec.from_dict(d)
+
+
+def spec_fingerprint(spec: JobSpec) -> str:
+    """Hash of the spec fields that shape an output (model settings are covered by the settings fingerprint)."""
+    d = spec.to_dict()
+    inp = {k: v for k, v in d["input"].items() if k != "storage_options"}
+    out = {k: d["output"][k] for k in ("rows_per_file", "compression")}
+    return digest(inp, out, spec.previous_uri, d["policy"]["on_bad_row"], size=16)
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of the packages that shape the vectors and the files."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def job_metadata(spec: JobSpec, plan: Plan, info: dict[str, Any]) -> dict[str, Any]:
+    """The content of _job.json."""
+    m = spec.model
+    return {
+        "model": {
+            "name": m.name,
+            "path": info["model_path"],
+            "revision": m.revision,
+            "dimension": info["dimension"],
+            "model_dimension": info["model_dimension"],
+            "dtype": info["dtype"],
+            "precision": m.precision,
+            "normalize": m.normalize,
+            "prompt_name": m.prompt_name,
+            "prompt": m.prompt,
+            "task": m.task,
+            "truncate_dim": m.truncate_dim,
+            "max_seq_length": info["max_seq_length"],
+            "similarity_fn_name": info["similarity_fn_name"],
+            "pipeline": info["describe"],
+        },
+        "weights_fingerprint": info["weights_fingerprint"],
+        "settings_fingerprint": info["settings_fingerprint"],
+        "spec_fingerprint": spec_fingerprint(spec),
+        "plan_fingerprint": plan.fingerprint,
+        "rows": plan.rows,
+        "shards": len(plan.shards),
+        "versions": package_versions(),
+        "spec": redact(spec.to_dict()),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def connect_ray(address: str | None) -> bool:
+    """Join RAY_ADDRESS / --address, or start a local Ray sized to this machine; True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    show_worker_logs = bool(os.environ.get("EMBEDJOB_WORKER_LOGS"))
+    if address:
+        ray.init(address=address, log_to_driver=show_worker_logs, logging_level=logging.WARNING)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=show_worker_logs,
+                 logging_level=logging.WARNING)
+    return True
+
+
+@dataclass
+class _Slot:
+    """One replica: its actor handle, tasks in flight, and deaths seen (to replace it once restarts run out)."""
+
+    actor: Any
+    in_flight: int = 0
+    deaths: int = 0
+
+
+class ReplicaPool:
+    """The model replicas (Ray actors), sized from the spec and the cluster's CPUs/GPUs."""
+
+    def __init__(self, spec: JobSpec, max_replicas: int):
+        import ray
+
+        from jobs.worker import ShardWorker
+
+        c = spec.compute
+        resources = ray.cluster_resources()
+        gpus = resources.get("GPU", 0)
+        use_gpu = c.device == "cuda" or (c.device == "auto" and gpus > 0 and c.gpus_per_replica != 0)
+        if use_gpu:
+            per = c.gpus_per_replica or 1
+            replicas = c.replicas or max(1, int(gpus // per))
+            self.options = {"num_gpus": per, "num_cpus": c.cpus_per_replica}
+            threads = c.cpus_per_replica
+        else:
+            replicas = c.replicas or max(1, int(resources.get("CPU", 1) // c.cpus_per_replica))
+            self.options = {"num_cpus": c.cpus_per_replica, "num_gpus": 0}
+            threads = c.cpus_per_replica
+        self.replicas = max(1, min(replicas, max_replicas))
+        env = fault_env()
+        self.options.update(max_restarts=ACTOR_RESTARTS, max_task_retries=0)
+        if env:
+            self.options["runtime_env"] = {"env_vars": env}
+        self.remote_cls = ray.remote(ShardWorker)
+        self.args = (spec.to_dict(), threads)
+        self.slots = [_Slot(self._new()) for _ in range(self.replicas)]
+
+    def _new(self) -> Any:
+        return self.remote_cls.options(**self.options).remote(*self.args)
+
+    def replace(self, slot: _Slot) -> None:
+        """Swap a replica that keeps dying (restarts used up) for a fresh actor."""
+        import ray
+
+        ray.kill(slot.actor, no_restart=True)
+        slot.actor, slot.deaths = self._new(), 0
+
+    def shutdown(self) -> None:
+        """Kill every replica (frees their CPUs/GPUs for the rest of the cluster)."""
+        import ray
+
+        for slot in self.slots:
+            ray.kill(slot.actor, no_restart=True)
+
+
+def run_job(
+    spec: JobSpec | dict[str, Any] | str,
+    *,
+    overwrite: bool = False,
+    address: str | None = None,
+    progress: bool = True,
+    log_file: str | None = None,
+) -> dict[str, Any]:
+    """Run a job end to end (resuming into an existing output of the same job) and return its summary."""
+    import ray
+
+    spec = absolutize(as_spec(spec))
+    register_secrets_in(spec.to_dict())
+    policy = RetryPolicy(attempts=spec.policy.retries)
+    plan = plan_job(spec)
+    store = OutputStore(spec.output.uri, spec.output.storage_options, policy)
+    previous = PreviousOutput(spec.previous_uri, spec.output.storage_options, policy) if spec.previous_uri else None
+    existing = store.read_json(JOB_FILE)
+    if existing is None and not overwrite and _has_data(store):
+        raise OutputConflict(f"output.uri: {spec.output.uri} is not empty and holds no {JOB_FILE}; use --overwrite")
+    started_ray = connect_ray(address)
+    pool = None
+    bar = None
+    try:
+        committed = set() if overwrite else store.committed_ids()
+        todo = [s for s in plan.shards if s.shard_id not in committed]
+        pool = ReplicaPool(spec, max_replicas=max(1, len(todo)))
+        info = ray.get(pool.slots[0].actor.info.remote())
+        job = job_metadata(spec, plan, info)
+        if overwrite:
+            store.clear()
+            existing = None
+        if existing is not None:
+            check_compatible(existing, job, spec.output.uri)
+        else:
+            store.write_json(JOB_FILE, job)
+            store.write_json(PLAN_FILE, plan.to_dict())
+            committed, todo = set(), list(plan.shards)
+        reuse = previous is not None and previous.reusable(job["settings_fingerprint"])
+        bar = Progress(plan.rows, len(plan.shards), bar=progress, log_file=log_file)
+        bar.event("job_started", output=spec.output.uri, shards=len(plan.shards), rows=plan.rows,
+                  resumed_shards=len(committed), replicas=pool.replicas, resources=pool.options.get("num_gpus") and "gpu" or "cpu",
+                  previous=spec.previous_uri, previous_reusable=reuse)
+        if committed:
+            bar.resumed(store.records())
+        _dispatch(pool, todo, spec, bar, previous if reuse else None)
+        pool.shutdown()
+        pool = None
+        records = store.records()
+        _check_complete(plan, records)
+        deleted = find_deleted(previous, store, records, spec.output.compression) if previous else 0
+        summary = {**bar.summary(plan.rows - sum(r["rows_in"] for r in records if r["shard_id"] in committed)),
+                   "deleted": deleted, "output": spec.output.uri}
+        summary.update({k: sum(r.get(k, 0) for r in records) for k in ("embedded", "reused", "quarantined")})
+        summary["rows_written"] = sum(r["rows"] for r in records)
+        store.write_json(SUCCESS_FILE, {**summary, "plan_fingerprint": plan.fingerprint})
+        store.remove_tmp()
+        bar.event("job_done", **summary)
+        return summary
+    finally:
+        if bar is not None:
+            bar.close()
+        if pool is not None:
+            pool.shutdown()
+        if started_ray:
+            ray.shutdown()
+
+
+def _has_data(store: OutputStore) -> bool:
+    if store.is_empty():
+        return False
+    names = [n.rstrip("/").rsplit("/", 1)[-1] for n in store.fs.ls(store.root, detail=False)]
+    return any(not n.startswith("_") for n in names)
+
+
+def _dispatch(pool: ReplicaPool, todo: list[Shard], spec: JobSpec, bar: Progress, previous: PreviousOutput | None) -> None:
+    """Keep every replica busy (a bounded number of shards in flight each) until all shards are committed."""
+    import ray
+    from ray.exceptions import ObjectLostError, RayActorError, RayTaskError, WorkerCrashedError
+
+    pending = collections.deque(todo)
+    attempts: collections.Counter[str] = collections.Counter()
+    in_flight: dict[Any, tuple[Shard, _Slot]] = {}
+    depth = spec.compute.in_flight_per_replica
+    while pending or in_flight:
+        for slot in pool.slots:
+            while pending and slot.in_flight < depth:
+                shard = pending.popleft()
+                attempts[shard.shard_id] += 1
+                task = {"shard": shard.to_dict(), "previous": previous.task_for(shard.source) if previous else None}
+                in_flight[slot.actor.process.remote(task)] = (shard, slot)
+                slot.in_flight += 1
+        ready, _ = ray.wait(list(in_flight), num_returns=1)
+        for ref in ready:
+            shard, slot = in_flight.pop(ref)
+            slot.in_flight -= 1
+            try:
+                record = ray.get(ref)
+            except (RayActorError, WorkerCrashedError, ObjectLostError) as e:
+                # The replica died (or its node did): the shard was not committed, or committed in full with
+                # its record (then the retry sees the record and skips). Either way it runs once more.
+                if attempts[shard.shard_id] >= spec.policy.shard_attempts:
+                    raise JobError(f"shard {shard.index} ({shard.shard_id}, {shard.source} rows {shard.start}-{shard.stop}): "
+                                   f"replica died {attempts[shard.shard_id]} times; last error: {type(e).__name__}: {e}") from e
+                bar.event("shard_retry", shard_id=shard.shard_id, index=shard.index, attempt=attempts[shard.shard_id],
+                          error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                pending.appendleft(shard)
+                slot.deaths += 1
+                if slot.deaths > ACTOR_RESTARTS and slot.in_flight == 0:
+                    pool.replace(slot)
+                continue
+            except RayTaskError as e:
+                cause = e.cause if getattr(e, "cause", None) is not None else e
+                raise JobError(f"shard {shard.index} ({shard.shard_id}, {shard.source} rows {shard.start}-{shard.stop}): "
+                               f"{type(cause).__name__}: {cause}") from cause
+            bar.committed(record, attempts[shard.shard_id])
+
+
+def _check_complete(plan: Plan, records: list[dict[str, Any]]) -> None:
+    """Every planned shard has exactly one record and every input row is written or quarantined."""
+    by_id = {r["shard_id"]: r for r in records}
+    missing = [s.shard_id for s in plan.shards if s.shard_id not in by_id]
+    if missing:
+        raise JobError(f"output: {len(missing)} planned shards have no manifest record (first: {missing[:3]})")
+    for s in plan.shards:
+        r = by_id[s.shard_id]
+        if r["rows"] + r["quarantined"] != s.rows:
+            raise JobError(f"shard {s.index} ({s.shard_id}): {r['rows']} rows written + {r['quarantined']} quarantined "
+                           f"!= {s.rows} planned")
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """Print the human-readable summary to stdout."""
+    print(format_summary(summary), flush=True)
+
+
+__all__ = ["JobError", "OutputConflict", "SpecError", "connect_ray", "print_summary", "run_job"]

@@ -1,0 +1,332 @@
+"""Submit a job file to a Ray cluster through the Jobs API, follow it, ask for its status; find the last good run.
+
+Exit codes of `embedjob submit` (when it waits) and `embedjob status --job-id`:
+  0 SUCCEEDED, 1 FAILED, 3 STOPPED, 4 still PENDING/RUNNING (status only), 5 cluster unreachable, refused
+  (auth) or job unknown, 130 interrupted while following (the job keeps running). argparse uses 2.
+
+Credentials: the job's storage credentials should come from the cluster itself (IAM role / IRSA / workload
+identity, or a Kubernetes Secret in the pods' environment). `--env NAME` forwards a local variable through the
+job's runtime_env env_vars, which Ray keeps in the job record: anyone who can reach the dashboard (and so can
+run code on the cluster anyway) can read it there. Nothing secret goes into the entrypoint or the metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import datetime as dt
+import importlib.util
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+EXIT_SUCCEEDED, EXIT_FAILED, EXIT_STOPPED, EXIT_NOT_FINISHED, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 3, 4, 5, 130
+STATUS_EXIT = {"SUCCEEDED": EXIT_SUCCEEDED, "FAILED": EXIT_FAILED, "STOPPED": EXIT_STOPPED}
+JOB_FILE_NAME = "job.yaml"  # the name the job file gets in the uploaded working_dir
+PACKAGES = ("embedder", "jobs")
+ENTRYPOINT = ("python", "-m", "jobs.cli", "run")
+# `embedjob run` flags that `submit` forwards when given (a scheduler changes these per run).
+RUN_OVERRIDES = ("model", "input", "output", "previous")
+RUN_STAMP = "%Y%m%dT%H%M%SZ"  # nightly run folder names: lexical order is time order
+POLL_S = 2.0
+ADDRESS_VARS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
+
+
+class SubmitError(RuntimeError):
+    """Submission cannot go ahead (bad flag, missing variable, unreadable token file, unreachable cluster)."""
+
+
+def auth_token(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The Ray auth token as Ray itself finds it: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token."""
+    if environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return None
+    token = environ.get("RAY_AUTH_TOKEN", "").strip()
+    if token:
+        return token
+    path = environ.get("RAY_AUTH_TOKEN_PATH")
+    if path:
+        # Like Ray: a named token file that is missing or empty is a misconfiguration, not "no auth".
+        try:
+            with open(path, encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError as e:
+            raise SubmitError(f"RAY_AUTH_TOKEN_PATH={path!r}: cannot read the token file ({e.strerror})") from None
+        if not token:
+            raise SubmitError(f"RAY_AUTH_TOKEN_PATH={path!r}: the token file is empty")
+        return token
+    default = os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".ray", "auth_token")
+    if os.path.isfile(default):
+        with open(default, encoding="utf-8") as f:
+            return f.read().strip() or None
+    return None
+
+
+def client_errors() -> tuple[type[BaseException], ...]:
+    """What the Jobs API client raises for an unreachable cluster, a refused token or an unknown job."""
+    import requests
+    from ray.exceptions import RayError
+
+    return (SubmitError, ConnectionError, RuntimeError, RayError, requests.RequestException)
+
+
+def make_client(address: str | None, environ: Mapping[str, str] = os.environ) -> Any:
+    """A JobSubmissionClient for `address` (None: RAY_ADDRESS), sending the auth token as a bearer header."""
+    from ray.job_submission import JobSubmissionClient
+
+    token = auth_token(environ)
+    # The client adds Ray's own header only when this process runs in token mode; ours works either way.
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    # Ray lets RAY_API_SERVER_ADDRESS / RAY_ADDRESS override an explicit address; here the flag wins.
+    shadowing = {k: os.environ.pop(k) for k in ADDRESS_VARS if address and k in os.environ}
+    try:
+        return JobSubmissionClient(address, headers=headers)
+    except (ConnectionError, ValueError) as e:
+        raise SubmitError(f"--address {address!r}: {e}") from None
+    finally:
+        os.environ.update(shadowing)
+
+
+def package_dirs() -> list[str]:
+    """The local folders of the packages the job runs (embedder/, jobs/), found without importing them."""
+    dirs = []
+    for name in PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise SubmitError(f"package {name!r} is not importable here; install the project (pip install -e .)")
+        dirs.append(list(spec.submodule_search_locations)[0])
+    return dirs
+
+
+def forwarded_env(names: list[str], environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The values of the variables named by --env, taken from the local environment."""
+    missing = [n for n in names if n not in environ]
+    if missing:
+        raise SubmitError(f"--env {', '.join(missing)}: not set in the local environment")
+    return {n: environ[n] for n in names}
+
+
+def build_runtime_env(
+    staging_dir: str, env_vars: dict[str, str], *, upload_package: bool = True
+) -> dict[str, Any]:
+    """The job's runtime_env: the staged job file as working_dir, our packages as py_modules, forwarded env."""
+    runtime_env: dict[str, Any] = {"working_dir": staging_dir, "excludes": ["__pycache__", "*.pyc"]}
+    if upload_package:
+        runtime_env["py_modules"] = package_dirs()
+    if env_vars:
+        runtime_env["env_vars"] = dict(env_vars)
+    return runtime_env
+
+
+def build_entrypoint(overrides: Mapping[str, str | None], *, overwrite: bool = False) -> str:
+    """The shell command the cluster runs: `embedjob run job.yaml` plus the forwarded overrides."""
+    argv = [*ENTRYPOINT, JOB_FILE_NAME]
+    for name in RUN_OVERRIDES:
+        value = overrides.get(name)
+        if value is None:
+            continue
+        # The entrypoint is stored in the job record and shown by the dashboard: no secrets in URIs.
+        if urlsplit(value).password:
+            raise SubmitError(f"--{name} {urlsplit(value).scheme}://…: a password in the URI would be stored "
+                              "in the job record; pass credentials through the cluster or --env")
+        argv += [f"--{name}", value]
+    if overwrite:
+        argv.append("--overwrite")
+    return shlex.join(argv)
+
+
+def submission_id(job_file: str, now: dt.datetime | None = None) -> str:
+    """A readable, unique job id: embedjob-<job file stem>-<UTC time>-<random>."""
+    stem = os.path.splitext(os.path.basename(job_file))[0]
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in stem)[:40] or "job"
+    stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime(RUN_STAMP).lower()
+    return f"embedjob-{safe}-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def submit(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> int:
+    """`embedjob submit`: stage, submit, print the id, then (unless --no-wait) stream logs and return the outcome."""
+    if not os.path.isfile(args.job_file):
+        print(f"embedjob submit: job file {args.job_file!r} does not exist", file=sys.stderr)
+        return 2
+    try:
+        env_vars = forwarded_env(args.env or [], environ)
+        entrypoint = build_entrypoint({n: getattr(args, n) for n in RUN_OVERRIDES}, overwrite=args.overwrite)
+        client = make_client(args.address, environ)
+        job_id = args.job_id or submission_id(args.job_file)
+        staging = tempfile.mkdtemp(prefix="embedjob-submit-")
+        try:
+            shutil.copyfile(args.job_file, os.path.join(staging, JOB_FILE_NAME))
+            runtime_env = build_runtime_env(staging, env_vars, upload_package=not args.no_upload_package)
+            if env_vars:
+                print(f"embedjob submit: forwarding {', '.join(sorted(env_vars))} through runtime_env env_vars; "
+                      "their values are readable in the job record by anyone with dashboard access",
+                      file=sys.stderr)
+            client.submit_job(
+                entrypoint=entrypoint,
+                runtime_env=runtime_env,
+                submission_id=job_id,
+                metadata={"embedjob.job_file": os.path.basename(args.job_file)},
+                entrypoint_num_cpus=args.entrypoint_num_cpus,
+            )
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except client_errors() as e:
+        print(f"embedjob submit: {e}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    print(job_id, flush=True)
+    if args.no_wait:
+        return EXIT_SUCCEEDED
+    return follow(client, job_id)
+
+
+def follow(client: Any, job_id: str, out: Any = None) -> int:
+    """Stream the job's logs to `out` until it ends; return the exit code of its final status."""
+    out = out or sys.stdout
+
+    async def tail() -> None:
+        async for chunk in client.tail_job_logs(job_id):
+            out.write(chunk)
+            out.flush()
+
+    try:
+        try:
+            asyncio.run(tail())
+        except (RuntimeError, OSError) as e:
+            # A dropped log stream does not end the job: keep polling its status.
+            print(f"embedjob submit: log stream for {job_id} broke ({e}); polling its status", file=sys.stderr)
+        status = wait_terminal(client, job_id)
+    except KeyboardInterrupt:
+        print(f"\nembedjob submit: stopped following; job {job_id} keeps running "
+              f"(`embedjob status --job-id {job_id}`, `ray job stop {job_id}`)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    info = client.get_job_info(job_id)
+    # Ray's failure message repeats the last logs; its first line is the reason.
+    reason = (info.message or "").splitlines()[0] if status != "SUCCEEDED" and info.message else ""
+    print(f"job {job_id}: {status}" + (f" ({reason})" if reason else ""), file=sys.stderr)
+    return STATUS_EXIT[status]
+
+
+def wait_terminal(client: Any, job_id: str, poll_s: float = POLL_S) -> str:
+    """Poll until the job is SUCCEEDED, FAILED or STOPPED (the log stream can end a moment earlier)."""
+    while True:
+        status = str(client.get_job_status(job_id))
+        if status in STATUS_EXIT:
+            return status
+        time.sleep(poll_s)
+
+
+def job_status(job_id: str, address: str | None, environ: Mapping[str, str] = os.environ) -> int:
+    """`embedjob status --job-id ID`: print the job's status (and message) and return its exit code."""
+    try:
+        info = make_client(address, environ).get_job_info(job_id)
+    except client_errors() as e:
+        print(f"embedjob status: job {job_id!r} at {address!r}: {e}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    status = str(info.status)
+    print(f"{job_id}\t{status}" + (f"\t{info.message}" if info.message else ""))
+    return STATUS_EXIT.get(status, EXIT_NOT_FINISHED)
+
+
+def add_commands(subparsers: Any) -> None:
+    """Register `embedjob submit` on the CLI's subparsers."""
+    p = subparsers.add_parser(
+        "submit",
+        help="submit a job file to a Ray cluster (Ray Jobs API) and follow it",
+        description="Upload the job file and the embedder/jobs packages, run `embedjob run` on the cluster, "
+        "stream its logs and exit with its outcome (0 succeeded, 1 failed, 3 stopped, 5 unreachable).",
+    )
+    p.add_argument("job_file", metavar="JOB.yaml", help="the job file (model/input/output/compute/policy)")
+    p.add_argument("--address", default=None,
+                   help="the dashboard address, e.g. http://HEAD:8265 (default: $RAY_ADDRESS); the auth token "
+                   "comes from $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token")
+    p.add_argument("--env", action="append", metavar="NAME",
+                   help="forward this local environment variable to the job (repeatable); its value is "
+                   "visible in the job record, so prefer the cluster's own credentials")
+    p.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
+    p.add_argument("--job-id", default=None, help="the submission id (default: embedjob-<file>-<time>-<rand>)")
+    p.add_argument("--no-upload-package", action="store_true",
+                   help="run the embedder/jobs installed in the cluster image instead of uploading this checkout's")
+    p.add_argument("--entrypoint-num-cpus", type=float, default=None,
+                   help="CPUs to reserve for the driver (default: none, so it may run on a busy head)")
+    for name in RUN_OVERRIDES:
+        p.add_argument(f"--{name}", default=None, metavar="URI", help=f"override the job file's {name} for this run")
+    p.add_argument("--overwrite", action="store_true", help="pass --overwrite to `embedjob run`")
+    p.set_defaults(func=submit)
+
+
+def latest_successful_run(prefix_uri: str, storage_options: dict | None = None) -> str | None:
+    """The newest run under `prefix_uri` (by name: runs are named by UTC time) that has a _SUCCESS marker."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(prefix_uri, **(storage_options or {}))
+    fs.invalidate_cache(root)
+    try:
+        entries = fs.ls(root, detail=True)
+    except FileNotFoundError:
+        return None
+    names = sorted(os.path.basename(e["name"].rstrip("/")) for e in entries if e["type"] == "directory")
+    for name in reversed(names):
+        if fs.exists(f"{root.rstrip('/')}/{name}/_SUCCESS"):
+            return f"{prefix_uri.rstrip('/')}/{name}"
+    return None
+
+
+def nightly_rayjob(template: dict[str, Any], prefix_uri: str, now: dt.datetime, previous: str | None) -> dict:
+    """The RayJob for tonight's run: a fresh output folder under `prefix_uri`, `--previous` the last good run."""
+    doc = copy.deepcopy(template)
+    stamp = now.astimezone(dt.timezone.utc).strftime(RUN_STAMP)
+    try:
+        base_name = doc["metadata"]["name"]
+        argv = shlex.split(doc["spec"]["entrypoint"])
+    except (KeyError, TypeError):
+        raise SubmitError("template: needs metadata.name and spec.entrypoint (a RayJob)") from None
+    for flag in ("--output", "--previous"):
+        if flag in argv:
+            raise SubmitError(f"template spec.entrypoint: {flag} is set per run; remove it from the template")
+    argv += ["--output", f"{prefix_uri.rstrip('/')}/{stamp}"]
+    if previous:
+        argv += ["--previous", previous]
+    doc["spec"]["entrypoint"] = shlex.join(argv)
+    # RayJob names become pod/label values: at most 63 lowercase characters.
+    doc["metadata"]["name"] = f"{base_name[: 63 - len(stamp) - 1]}-{stamp.lower()}"
+    doc["metadata"].setdefault("labels", {})["embedjob/run"] = stamp.lower()
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m jobs.submit nightly-rayjob`: print tonight's RayJob (YAML) for `kubectl create -f -`."""
+    import yaml
+
+    parser = argparse.ArgumentParser(prog="python -m jobs.submit")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("nightly-rayjob", help="template the nightly RayJob with the last successful run")
+    p.add_argument("--template", required=True, help="a RayJob YAML whose entrypoint is `embedjob run JOB.yaml`")
+    p.add_argument("--prefix", required=True, help="the folder that holds one sub-folder per nightly run")
+    p.add_argument("--full", action="store_true", help="ignore earlier runs (no --previous)")
+    p.add_argument("--now", default=None, help="the run time, ISO 8601 (default: now, UTC)")
+    args = parser.parse_args(argv)
+    with open(args.template, encoding="utf-8") as f:
+        template = yaml.safe_load(f)
+    now = dt.datetime.fromisoformat(args.now) if args.now else dt.datetime.now(dt.timezone.utc)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=dt.timezone.utc)
+    previous = None if args.full else latest_successful_run(args.prefix)
+    print(f"previous successful run: {previous or 'none (full run)'}", file=sys.stderr)
+    try:
+        doc = nightly_rayjob(template, args.prefix, now, previous)
+    except SubmitError as e:
+        print(f"python -m jobs.submit: {args.template}: {e}", file=sys.stderr)
+        return 2
+    yaml.safe_dump(doc, sys.stdout, sort_keys=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""The Ray actor: one model replica that reads, checks, embeds and commits whole shards."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from jobs.faults import maybe_fail
+from jobs.fingerprint import digest, settings_fingerprint, text_hashes, weights_fingerprint
+from jobs.incremental import PreviousLookup
+from jobs.manifest import ERRORS_DIR, OutputStore, part_name
+from jobs.plan import Shard
+from jobs.read import ID, ROW, TEXT, iter_shard_batches
+from jobs.retry import RetryPolicy
+from jobs.rows import BadRowsError, check_ids, check_texts, default_max_chars, merge_bad
+from jobs.spec import JobSpec, resolve_model_name
+from jobs.write import parquet_bytes, shard_table, write_atomic
+
+PREFETCH = 2  # batches read ahead of the forward pass
+BATCHES_PER_READ = 8  # encode() length-sorts within a call, so bigger calls pad less
+
+
+class ShardWorker:
+    """Holds one EmbeddingModel; `process(task)` embeds and commits one shard and returns its manifest record."""
+
+    def __init__(self, spec: dict[str, Any], num_threads: int | None = None):
+        import torch
+
+        if num_threads:
+            # Ray sets OMP_NUM_THREADS=1 in workers; give torch the CPUs this actor reserved.
+            torch.set_num_threads(num_threads)
+        from embedder import EmbeddingModel
+
+        self.spec = JobSpec.from_dict(spec)
+        m = self.spec.model
+        device = None if self.spec.compute.device == "auto" else self.spec.compute.device
+        self.model = EmbeddingModel(
+            resolve_model_name(m.name),
+            device=device,
+            revision=m.revision,
+            model_kwargs=m.model_kwargs or None,
+            trust_remote_code=m.trust_remote_code,
+            allow_pickle=m.allow_pickle,
+        )
+        if m.max_seq_length:
+            self.model.max_seq_length = m.max_seq_length
+        self.policy = RetryPolicy(attempts=self.spec.policy.retries)
+        self.out = OutputStore(self.spec.output.uri, self.spec.output.storage_options, self.policy)
+        self.max_chars = self.spec.policy.max_text_chars or default_max_chars(getattr(self.model, "max_seq_length", None))
+        self._info: dict[str, Any] | None = None
+
+    def info(self) -> dict[str, Any]:
+        """What _job.json records about the model: fingerprints, dimension, dtype, pooling, limits."""
+        if self._info is None:
+            probe = self._encode(["probe"])
+            describe = self.model.describe() if hasattr(self.model, "describe") else {}
+            weights = weights_fingerprint(str(self.model.model_path))
+            model_spec = self.spec.to_dict()["model"]
+            self._info = {
+                "model_path": str(self.model.model_path),
+                "weights_fingerprint": weights,
+                "settings_fingerprint": settings_fingerprint(weights, model_spec, describe),
+                "dimension": int(probe.shape[1]),
+                "dtype": str(probe.dtype),
+                "model_dimension": int(self.model.get_embedding_dimension() or probe.shape[1]),
+                "max_seq_length": getattr(self.model, "max_seq_length", None),
+                "similarity_fn_name": getattr(self.model, "similarity_fn_name", None),
+                "describe": describe,
+            }
+        return self._info
+
+    def stats(self) -> dict[str, int]:
+        """The model's running counters (texts, tokens, padded tokens)."""
+        return dict(getattr(self.model, "stats", {}) or {})
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        m, c = self.spec.model, self.spec.compute
+        precision = "float32" if m.precision == "float16" else m.precision
+        vectors = self.model.encode(
+            texts,
+            batch_size=c.batch_size,
+            prompt_name=m.prompt_name,
+            prompt=m.prompt,
+            task=m.task,
+            normalize_embeddings=m.normalize,
+            truncate_dim=m.truncate_dim,
+            precision=precision,
+            max_batch_tokens=c.max_batch_tokens,
+        )
+        vectors = np.asarray(vectors)
+        return vectors.astype(np.float16) if m.precision == "float16" else vectors
+
+    def process(self, task: dict[str, Any]) -> dict[str, Any]:
+        """Embed one shard and commit it (data file, then manifest record); an already committed shard is skipped."""
+        shard = Shard.from_dict(task["shard"])
+        record_name = self.out.record_name(shard.shard_id)
+        existing = self.out.read_json(record_name)
+        if existing is not None:
+            return {**existing, "skipped": True}
+        info = self.info()
+        started = time.perf_counter()
+        tokens_before = self.stats().get("tokens", 0)
+        previous = task.get("previous")
+        lookup = PreviousLookup(**previous, policy=self.policy) if previous else None
+
+        dim, dtype = info["dimension"], np.dtype(info["dtype"])
+        vectors = np.empty((shard.rows, dim), dtype)
+        ids: list[pa.Array] = []
+        hashes: list[str] = []
+        passthrough: dict[str, list[pa.Array]] = {c: [] for c in self.spec.input.passthrough}
+        errors: list[dict[str, Any]] = []
+        reuse: list[tuple[int, int, int]] = []  # (output row, previous part, previous row)
+        filled = 0
+        batch_rows = self.spec.compute.batch_size * BATCHES_PER_READ
+        batches = iter_shard_batches(shard, self.spec.input, batch_rows, self.policy)
+        id_type: pa.DataType | None = None
+        for batch_no, batch in enumerate(_prefetch(batches, PREFETCH)):
+            id_type = batch.schema.field(ID).type
+            raw_ids = batch.column(ID).to_pylist()
+            raw_texts = batch.column(TEXT).to_pylist()
+            clean, text_bad = check_texts(raw_texts, max_chars=self.max_chars)
+            bad_text_pos = {p for p, _ in text_bad}
+            text_at = dict(zip((p for p in range(len(raw_texts)) if p not in bad_text_pos), clean))
+            bad = merge_bad(text_bad, check_ids(raw_ids))
+            if bad:
+                rows = batch.column(ROW).to_pylist()
+                if self.spec.policy.on_bad_row == "fail":
+                    where = f"shard {shard.index} ({shard.shard_id}) of {shard.path or shard.source}"
+                    raise BadRowsError(where, bad, first_row=rows[0], column=self.spec.input.text_column)
+                errors += [{"id": _str(raw_ids[p]), "file": shard.source, "row": rows[p], "reason": r} for p, r in bad]
+            bad_pos = {p for p, _ in bad}
+            keep = [p for p in range(len(raw_texts)) if p not in bad_pos]
+            texts = [text_at[p] for p in keep]
+            batch_hashes = text_hashes(texts)
+            kept_ids = [raw_ids[p] for p in keep]
+            matched = lookup.match(kept_ids, batch_hashes) if lookup else {}
+            to_embed = [k for k in range(len(keep)) if k not in matched]
+            if to_embed:
+                maybe_fail("worker.batch", shard=shard.shard_id, shard_index=shard.index, batch=batch_no)
+                vectors[[filled + k for k in to_embed]] = self._encode([texts[k] for k in to_embed])
+            reuse += [(filled + k, part, row) for k, (part, row) in matched.items()]
+            take = pa.array(keep, pa.int64())
+            ids.append(batch.column(ID).take(take).combine_chunks())
+            for col in passthrough:
+                passthrough[col].append(batch.column(col).take(take).combine_chunks())
+            hashes += batch_hashes
+            filled += len(keep)
+        if lookup and reuse:
+            lookup.gather(reuse, vectors)
+        table = shard_table(
+            pa.concat_arrays(ids) if ids else pa.array([], id_type or pa.string()),
+            vectors[:filled],
+            hashes,
+            {c: pa.concat_arrays(parts) for c, parts in passthrough.items()},
+        )
+        compression = self.spec.output.compression
+        if errors:
+            err = pa.table({k: [e[k] for e in errors] for k in ("id", "file", "row", "reason")})
+            write_atomic(self.out.fs, self.out.root, f"{ERRORS_DIR}/{shard.shard_id}.parquet",
+                         parquet_bytes(err, compression), self.policy, f"shard {shard.shard_id}: errors")
+        name = part_name(shard.index, shard.shard_id)
+        write_atomic(self.out.fs, self.out.root, name, parquet_bytes(table, compression), self.policy, f"shard {shard.shard_id}")
+        record = {
+            "shard_id": shard.shard_id,
+            "index": shard.index,
+            "file": name,
+            "source": shard.source,
+            "start": shard.start,
+            "stop": shard.stop,
+            "rows_in": shard.rows,
+            "rows": filled,
+            "embedded": filled - len(reuse),
+            "reused": len(reuse),
+            "quarantined": len(errors),
+            "errors_file": f"{ERRORS_DIR}/{shard.shard_id}.parquet" if errors else None,
+            "text_hash_digest": digest(hashes, size=16),
+            "tokens": self.stats().get("tokens", 0) - tokens_before,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        # The record is the commit: written only after the data file sits whole at its final name.
+        self.out.write_json(record_name, record)
+        return record
+
+
+def _str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+_DONE = object()
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def _prefetch(items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """Iterate `items` on a reader thread, `depth` ahead, so reading overlaps the caller's work."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            put(_Failed(e))
+
+    thread = threading.Thread(target=run, name="shard-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()

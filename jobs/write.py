@@ -1,0 +1,90 @@
+"""Build one shard's output table and write files atomically: staged under _tmp/, then moved to the final name."""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jobs.faults import maybe_fail
+from jobs.retry import RetryPolicy, call_with_retries
+
+TMP_DIR = "_tmp"
+
+
+def open_output_fs(uri: str, storage_options: dict[str, Any]) -> tuple[Any, str]:
+    """(filesystem, root path) of an output URI."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(uri, **storage_options)
+    return fs, root.rstrip("/")
+
+
+def embedding_type(dtype: np.dtype, dim: int) -> pa.DataType:
+    """The fixed-size list type of the embedding column for vectors of `dtype` and width `dim`."""
+    return pa.list_(pa.from_numpy_dtype(np.dtype(dtype)), dim)
+
+
+def embedding_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    """A (rows, dim) array as a fixed-size list column (zero-copy for contiguous input)."""
+    vectors = np.ascontiguousarray(vectors)
+    rows, dim = vectors.shape
+    values = pa.array(vectors.reshape(-1), type=pa.from_numpy_dtype(vectors.dtype))
+    return pa.FixedSizeListArray.from_arrays(values, dim)
+
+
+def shard_table(ids: pa.Array, vectors: np.ndarray, hashes: list[str], passthrough: dict[str, pa.Array]) -> pa.Table:
+    """The output table of a shard: id, embedding, text_hash, then the passthrough columns."""
+    if not (len(ids) == len(vectors) == len(hashes)):
+        raise ValueError(f"shard table: {len(ids)} ids, {len(vectors)} vectors and {len(hashes)} hashes disagree")
+    columns: dict[str, Any] = {"id": ids, "embedding": embedding_array(vectors), "text_hash": pa.array(hashes, pa.string())}
+    columns.update(passthrough)
+    return pa.table(columns)
+
+
+def parquet_bytes(table: pa.Table, compression: str) -> bytes:
+    """Serialise a table as one Parquet file in memory (shards are bounded, so this is too)."""
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression=None if compression == "none" else compression)
+    return sink.getvalue()
+
+
+def write_atomic(fs: Any, root: str, rel: str, data: bytes, policy: RetryPolicy, what: str) -> str:
+    """Write `data` in full to _tmp/, then move it to root/rel; returns the final path.
+
+    A reader sees the old object or the whole new one: local moves are renames, and on object stores the
+    move is a server-side copy of a complete object.
+    """
+    final = posixpath.join(root, rel)
+    staged = posixpath.join(root, TMP_DIR, f"{uuid.uuid4().hex}-{posixpath.basename(rel)}")
+
+    def put() -> None:
+        maybe_fail("storage.write", key=staged)
+        fs.makedirs(posixpath.dirname(staged), exist_ok=True)
+        with fs.open(staged, "wb") as f:
+            f.write(data)
+
+    def move() -> None:
+        maybe_fail("storage.write", key=final)
+        fs.makedirs(posixpath.dirname(final), exist_ok=True)
+        fs.mv(staged, final)
+
+    call_with_retries(put, what=f"{what}: write {staged}", policy=policy)
+    call_with_retries(move, what=f"{what}: move to {final}", policy=policy)
+    return final
+
+
+def retried(fn: Callable[[], Any], what: str, policy: RetryPolicy, key: str = "") -> Any:
+    """Run a storage read with the fault hook and retries."""
+
+    def attempt() -> Any:
+        maybe_fail("storage.read", key=key or what)
+        return fn()
+
+    return call_with_retries(attempt, what=what, policy=policy)

@@ -1,0 +1,347 @@
+"""Submission: auth token lookup, runtime_env and entrypoint, status codes, the nightly templating, and a real
+local Ray head (token auth on) that runs `embedjob submit` end to end."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jobs import submit
+
+BIN = os.path.dirname(sys.executable)
+REPO = Path(__file__).resolve().parents[2]
+SECRET = "fwd-secret-Vb7Qx2Lm9Pz4"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedjob")
+    submit.add_commands(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+# ---------------------------------------------------------------- auth token
+
+
+def test_auth_token_env_wins(tmp_path: Path) -> None:
+    token_file = tmp_path / "tok"
+    token_file.write_text("from-file\n")
+    env = {"RAY_AUTH_TOKEN": "from-env", "RAY_AUTH_TOKEN_PATH": str(token_file), "HOME": str(tmp_path)}
+    assert submit.auth_token(env) == "from-env"
+    assert submit.auth_token({"RAY_AUTH_TOKEN_PATH": str(token_file), "HOME": str(tmp_path)}) == "from-file"
+
+
+def test_auth_token_default_file_and_disabled(tmp_path: Path) -> None:
+    assert submit.auth_token({"HOME": str(tmp_path)}) is None
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("home-token")
+    assert submit.auth_token({"HOME": str(tmp_path)}) == "home-token"
+    assert submit.auth_token({"HOME": str(tmp_path), "RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": "x"}) is None
+
+
+def test_auth_token_named_file_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(submit.SubmitError, match="RAY_AUTH_TOKEN_PATH=.*missing"):
+        submit.auth_token({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "missing"), "HOME": str(tmp_path)})
+    (tmp_path / "empty").write_text("  \n")
+    with pytest.raises(submit.SubmitError, match="empty"):
+        submit.auth_token({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "empty"), "HOME": str(tmp_path)})
+
+
+# ---------------------------------------------------------------- what gets submitted
+
+
+def test_entrypoint_forwards_overrides_only() -> None:
+    entry = submit.build_entrypoint({"output": "s3://b/out dir", "previous": None, "model": "m"}, overwrite=True)
+    assert shlex.split(entry) == [*submit.ENTRYPOINT, "job.yaml", "--model", "m", "--output", "s3://b/out dir",
+                                  "--overwrite"]
+
+
+def test_entrypoint_refuses_password_in_uri() -> None:
+    with pytest.raises(submit.SubmitError, match="--input s3://.*password"):
+        submit.build_entrypoint({"input": "s3://AKIA:hunter2-secret@bucket/in"})
+
+
+def test_runtime_env_carries_packages_job_and_forwarded_env(tmp_path: Path) -> None:
+    env = submit.forwarded_env(["AWS_SECRET_ACCESS_KEY"], {"AWS_SECRET_ACCESS_KEY": SECRET})
+    runtime_env = submit.build_runtime_env(str(tmp_path), env)
+    assert runtime_env["working_dir"] == str(tmp_path)
+    assert [os.path.basename(p) for p in runtime_env["py_modules"]] == ["embedder", "jobs"]
+    assert all(os.path.isfile(os.path.join(p, "__init__.py")) for p in runtime_env["py_modules"])
+    assert runtime_env["env_vars"] == {"AWS_SECRET_ACCESS_KEY": SECRET}
+    assert "py_modules" not in submit.build_runtime_env(str(tmp_path), {}, upload_package=False)
+    with pytest.raises(submit.SubmitError, match="--env NOPE_A, NOPE_B: not set"):
+        submit.forwarded_env(["NOPE_A", "HOME", "NOPE_B"], {"HOME": "/root"})
+
+
+def test_submission_id_is_readable_and_unique() -> None:
+    now = dt.datetime(2026, 11, 25, 2, 0, tzinfo=dt.timezone.utc)
+    a, b = submit.submission_id("conf/My Job.yaml", now), submit.submission_id("conf/My Job.yaml", now)
+    assert a.startswith("embedjob-My-Job-20261125t020000z-") and a != b
+
+
+def test_cli_parses_submit_flags() -> None:
+    args = _parser().parse_args(["submit", "job.yaml", "--address", "http://h:8265", "--env", "A", "--env", "B",
+                                 "--no-wait", "--previous", "s3://b/prev", "--overwrite"])
+    assert args.func is submit.submit
+    assert (args.job_file, args.address, args.env, args.no_wait) == ("job.yaml", "http://h:8265", ["A", "B"], True)
+    assert (args.previous, args.overwrite, args.output) == ("s3://b/prev", True, None)
+
+
+def test_status_of_unreachable_cluster_is_exit_5(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert submit.job_status("nope", f"http://127.0.0.1:{port}", {"HOME": "/nonexistent"}) == 5
+    assert "job 'nope'" in capsys.readouterr().err
+
+
+def test_submit_missing_job_file_is_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = _parser().parse_args(["submit", str(tmp_path / "nope.yaml"), "--address", "http://127.0.0.1:1"])
+    assert args.func(args) == 2
+    assert "nope.yaml" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- nightly: last good run, templated RayJob
+
+
+def _run(root: Path, name: str, success: bool) -> None:
+    (root / name / "_manifest").mkdir(parents=True)
+    if success:
+        (root / name / "_SUCCESS").write_text("{}")
+
+
+def test_latest_successful_run_skips_unfinished(tmp_path: Path) -> None:
+    assert submit.latest_successful_run(str(tmp_path / "missing")) is None
+    assert submit.latest_successful_run(str(tmp_path)) is None
+    # Created out of order; the newest-named one has no _SUCCESS (still running or failed).
+    _run(tmp_path, "20261124T020000Z", True)
+    _run(tmp_path, "20261125T020000Z", False)
+    _run(tmp_path, "20261122T020000Z", True)
+    (tmp_path / "20261126T020000Z").write_text("a file, not a run")
+    assert submit.latest_successful_run(str(tmp_path) + "/") == f"{tmp_path}/20261124T020000Z"
+
+
+def test_latest_successful_run_on_s3(s3_server) -> None:
+    prefix = s3_server.prefix(name="nightly")
+    fs = s3_server.fs()
+    for name, ok in (("20261123T020000Z", True), ("20261124T020000Z", True), ("20261125T020000Z", False)):
+        fs.pipe(f"{prefix}/{name}/_manifest/s0.json", b"{}")
+        if ok:
+            fs.pipe(f"{prefix}/{name}/_SUCCESS", b"{}")
+    assert submit.latest_successful_run(prefix, s3_server.storage_options) == f"{prefix}/20261124T020000Z"
+
+
+TEMPLATE = {
+    "apiVersion": "ray.io/v1",
+    "kind": "RayJob",
+    "metadata": {"name": "embed-nightly", "labels": {"app": "embedjob"}},
+    "spec": {"entrypoint": "embedjob run /etc/embedjob/nightly.yaml", "clusterSelector": {"ray.io/cluster": "x"}},
+}
+
+
+def test_nightly_rayjob_points_previous_at_last_good_run() -> None:
+    now = dt.datetime(2026, 11, 25, 2, 0, 5, tzinfo=dt.timezone.utc)
+    doc = submit.nightly_rayjob(TEMPLATE, "s3://b/nightly/", now, "s3://b/nightly/20261124T020000Z")
+    assert doc["metadata"]["name"] == "embed-nightly-20261125t020005z"
+    assert doc["metadata"]["labels"] == {"app": "embedjob", "embedjob/run": "20261125t020005z"}
+    assert shlex.split(doc["spec"]["entrypoint"]) == [
+        "embedjob", "run", "/etc/embedjob/nightly.yaml",
+        "--output", "s3://b/nightly/20261125T020005Z", "--previous", "s3://b/nightly/20261124T020000Z",
+    ]
+    assert TEMPLATE["spec"]["entrypoint"] == "embedjob run /etc/embedjob/nightly.yaml"  # template untouched
+    first = submit.nightly_rayjob(TEMPLATE, "s3://b/nightly", now, None)
+    assert "--previous" not in first["spec"]["entrypoint"]
+    bad = {**TEMPLATE, "spec": {"entrypoint": "embedjob run j.yaml --output s3://x"}}
+    with pytest.raises(submit.SubmitError, match="--output is set per run"):
+        submit.nightly_rayjob(bad, "s3://b/n", now, None)
+
+
+def test_nightly_main_prints_rayjob_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    template = tmp_path / "t.yaml"
+    template.write_text(yaml.safe_dump(TEMPLATE))
+    runs = tmp_path / "runs"
+    _run(runs, "20261124T020000Z", True)
+    rc = submit.main(["nightly-rayjob", "--template", str(template), "--prefix", str(runs),
+                      "--now", "2026-11-25T02:00:00+00:00"])
+    assert rc == 0
+    doc = yaml.safe_load(capsys.readouterr().out)
+    assert shlex.split(doc["spec"]["entrypoint"])[-4:] == [
+        "--output", f"{runs}/20261125T020000Z", "--previous", f"{runs}/20261124T020000Z"]
+
+
+# ---------------------------------------------------------------- a real local Ray head
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RayHead:
+    """A `ray start --head` of our own: its dashboard address and the client environment that reaches it."""
+
+    address: str
+    env: dict[str, str]
+    temp_dir: str
+    log: str
+
+
+MARKER_VAR = "EMBEDJOB_TEST_RAY_SESSION"
+
+
+def _pids_with_marker(marker: str) -> list[int]:
+    """Our Ray processes: every process that inherited the marker variable from our `ray start`."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if f"{MARKER_VAR}={marker}".encode() in f.read().split(b"\0"):
+                    pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+def _stop_head(proc: subprocess.Popen, marker: str) -> None:
+    """Stop only the processes of this head (never `ray stop`, which would kill other Ray sessions here)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        pids = _pids_with_marker(marker)
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM if time.monotonic() < deadline - 10 else signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.5)
+    for pid in _pids_with_marker(marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[RayHead]:
+    """A local head on 127.0.0.1 with the Jobs API and token auth on, in its own temp dir; stopped afterwards."""
+    pytest.importorskip("ray")
+    # Short path: Ray's unix sockets live under it and must stay within 107 characters.
+    temp_dir = tempfile.mkdtemp(prefix="ejray-", dir="/tmp")
+    marker, token = uuid.uuid4().hex, uuid.uuid4().hex
+    dash_port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update({
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PATH": BIN + os.pathsep + env.get("PATH", ""),  # the job's `python` is this venv's
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        MARKER_VAR: marker,
+    })
+    cmd = [os.path.join(BIN, "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+           f"--port={_free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
+           "--num-cpus=2", "--num-gpus=0", f"--temp-dir={temp_dir}", "--include-dashboard=true",
+           f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+           f"--dashboard-agent-grpc-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
+           f"--metrics-export-port={_free_port()}", f"--object-store-memory={200 * 2**20}",
+           "--disable-usage-stats"]
+    log = os.path.join(temp_dir, "ray-start.log")
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=temp_dir,
+                                start_new_session=True)
+    address = f"http://127.0.0.1:{dash_port}"
+    client_env = {"RAY_AUTH_TOKEN": token, "HOME": temp_dir}
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"ray start exited with {proc.returncode}:\n{Path(log).read_text()[-3000:]}")
+            try:
+                req = urllib.request.Request(f"{address}/api/jobs/", headers={"Authorization": f"Bearer {token}"})
+                urllib.request.urlopen(req, timeout=2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no Jobs API on {address} after 120 s:\n{Path(log).read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield RayHead(address=address, env=client_env, temp_dir=temp_dir, log=log)
+    finally:
+        _stop_head(proc, marker)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _submit(head: RayHead, argv: list[str], environ: dict[str, str]) -> int:
+    args = _parser().parse_args(["submit", *argv, "--address", head.address])
+    return submit.submit(args, environ)
+
+
+@pytest.mark.slow
+def test_token_is_required(ray_head: RayHead, capsys: pytest.CaptureFixture[str]) -> None:
+    assert submit.job_status("whatever", ray_head.address, {"HOME": ray_head.temp_dir}) == 5
+    assert "Unauthorized: Missing authentication token" in capsys.readouterr().err
+
+
+PROBE = (
+    "import os, sys, jobs, embedder; "
+    "print('probe job.yaml', os.path.isfile('job.yaml')); "
+    "print('probe jobs from', os.path.dirname(jobs.__file__)); "
+    "print('probe secret forwarded', os.environ.get('EMBEDJOB_TEST_FWD') == sys.argv[1]); "
+    "sys.exit(int(sys.argv[2]))"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exit_code,expected", [(0, 0), (3, 1)])
+def test_submit_probe(ray_head, monkeypatch, capsys, tmp_path, exit_code, expected) -> None:
+    job = tmp_path / "probe.yaml"
+    job.write_text("model: {name: x}\n")
+    monkeypatch.setattr(submit, "ENTRYPOINT", ("python", "-c", PROBE, SECRET, str(exit_code)))
+    t0 = time.monotonic()
+    rc = _submit(ray_head, [str(job), "--env", "EMBEDJOB_TEST_FWD"], {**ray_head.env, "EMBEDJOB_TEST_FWD": SECRET})
+    out = capsys.readouterr()
+    print(out.out, out.err, time.monotonic() - t0)
+    assert rc == expected
+
+
+def test_explicit_address_beats_ray_address_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = {}
+
+    class FakeClient:
+        def __init__(self, address, headers=None):
+            seen.update(address=address, env=os.environ.get("RAY_ADDRESS"), headers=headers)
+
+    monkeypatch.setattr("ray.job_submission.JobSubmissionClient", FakeClient)
+    monkeypatch.setenv("RAY_ADDRESS", "http://elsewhere:8265")
+    submit.make_client("http://mine:8265", {"RAY_AUTH_TOKEN": "tok"})
+    assert seen == {"address": "http://mine:8265", "env": None, "headers": {"Authorization": "Bearer tok"}}
+    assert os.environ["RAY_ADDRESS"] == "http://elsewhere:8265"
