@@ -8,7 +8,9 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-CORPUS_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sample", "corpus.parquet")
+CORPUS_PATH = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sample", "corpus.parquet"
+)
 
 
 def model_path() -> str:

@@ -42,7 +42,11 @@ class STEmbedder:
             torch.set_num_threads(set_threads)
         self.model = SentenceTransformer(path, device="cpu")
         # A side note for the benchmark report only: what thread count the actor ended up with.
-        info = {"pid": os.getpid(), "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+        info = {
+            "pid": os.getpid(),
+            "torch_threads": torch.get_num_threads(),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        }
         with open(os.path.join(info_dir, f"actor-{os.getpid()}.json"), "w", encoding="utf-8") as f:
             json.dump(info, f)
 
@@ -79,7 +83,9 @@ def run_ray_st(args: argparse.Namespace) -> dict[str, Any]:
 
     emb = align_rows(list(rows["id"]), np.stack(rows["embedding"].to_numpy()), wanted)
     np.save(os.path.join(args.out, "emb.npy"), emb)
-    actors = [json.load(open(p, encoding="utf-8")) for p in sorted(glob.glob(os.path.join(info_dir, "*.json")))]
+    actors = [
+        json.load(open(p, encoding="utf-8")) for p in sorted(glob.glob(os.path.join(info_dir, "*.json")))
+    ]
     return {
         "wall_s": wall,
         "ray_init_s": init_s,
@@ -122,8 +128,14 @@ def run_our_job(args: argparse.Namespace) -> dict[str, Any]:
     if not parts:
         raise RuntimeError(f"{out_dir}: the job wrote no part-*.parquet files (summary {summary!r:.300})")
     save_parquet_vectors(parts, args)
-    return {"wall_s": wall, "ray_init_s": init_s, "actors": args.actors, "cpus_per_actor": args.cpus_per_actor,
-            "max_batch_tokens": args.max_batch_tokens, "summary": _jsonable(summary)}
+    return {
+        "wall_s": wall,
+        "ray_init_s": init_s,
+        "actors": args.actors,
+        "cpus_per_actor": args.cpus_per_actor,
+        "max_batch_tokens": args.max_batch_tokens,
+        "summary": _jsonable(summary),
+    }
 
 
 def _jsonable(obj: Any) -> Any:

@@ -15,8 +15,14 @@ def layer_gemm_shapes(rows: int, hidden: int, intermediate: int) -> list[tuple[i
     return [(rows, hidden, hidden)] * 4 + [(rows, hidden, intermediate), (rows, intermediate, hidden)]
 
 
-def gemm_peak(hidden: int, intermediate: int, threads: int = 2, rows: tuple[int, ...] = DEFAULT_ROWS,
-              repeats: int = 7, min_time: float = 0.2) -> dict[str, float]:
+def gemm_peak(
+    hidden: int,
+    intermediate: int,
+    threads: int = 2,
+    rows: tuple[int, ...] = DEFAULT_ROWS,
+    repeats: int = 7,
+    min_time: float = 0.2,
+) -> dict[str, float]:
     """Best fp32 GFLOP/s of one layer's Linear products (torch.mm, `threads` threads), per row count and overall.
 
     The best of several timed repeats is kept: on a shared machine the minimum time is the least disturbed one.
@@ -29,31 +35,41 @@ def gemm_peak(hidden: int, intermediate: int, threads: int = 2, rows: tuple[int,
         out: dict[str, float] = {}
         for m in rows:
             shapes = layer_gemm_shapes(m, hidden, intermediate)
-            pairs = [(torch.randn(a, k), torch.randn(n, k).t()) for a, k, n in shapes]  # weights as Linear stores them
+            pairs = [
+                (torch.randn(a, k), torch.randn(n, k).t()) for a, k, n in shapes
+            ]  # weights as Linear stores them
             flops = sum(gemm_flops(*s) for s in shapes)
 
-            def layer() -> None:
-                for x, w in pairs:
-                    torch.mm(x, w)
-
-            layer()
-            t0 = time.perf_counter()
-            reps = 0
-            while time.perf_counter() - t0 < min_time / 4 or reps < 2:
-                layer()
-                reps += 1
-            per = max(1, int(min_time / ((time.perf_counter() - t0) / reps)))
-            best = float("inf")
-            for _ in range(repeats):
-                t1 = time.perf_counter()
-                for _ in range(per):
-                    layer()
-                best = min(best, (time.perf_counter() - t1) / per)
+            best = best_layer_time(pairs, repeats, min_time)
             out[f"rows_{m}"] = flops / best / 1e9
         out["peak_gflops"] = max(out.values())
         return out
     finally:
         torch.set_num_threads(old)
+
+
+def best_layer_time(pairs: list, repeats: int, min_time: float) -> float:
+    """Least seconds one pass over the (x, w) products took, over `repeats` timings of about `min_time` each."""
+    import torch
+
+    def layer() -> None:
+        for x, w in pairs:
+            torch.mm(x, w)
+
+    layer()
+    t0 = time.perf_counter()
+    reps = 0
+    while time.perf_counter() - t0 < min_time / 4 or reps < 2:
+        layer()
+        reps += 1
+    per = max(1, int(min_time / ((time.perf_counter() - t0) / reps)))
+    best = float("inf")
+    for _ in range(repeats):
+        t1 = time.perf_counter()
+        for _ in range(per):
+            layer()
+        best = min(best, (time.perf_counter() - t1) / per)
+    return best
 
 
 def compute_bound(peak_gflops: float, flops_per_token: float) -> float:

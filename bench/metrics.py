@@ -19,7 +19,11 @@ def flops_per_token(config: dict[str, Any], token_counts: Sequence[int]) -> floa
     Attention costs 2*2*seq*h per token per layer, so its corpus mean is token-weighted: sum(n^2) / sum(n).
     Embedding lookups, LayerNorm, GELU, softmax and pooling are left out (they are not FLOP-bound).
     """
-    h, i, layers = int(config["hidden_size"]), int(config["intermediate_size"]), int(config["num_hidden_layers"])
+    h, i, layers = (
+        int(config["hidden_size"]),
+        int(config["intermediate_size"]),
+        int(config["num_hidden_layers"]),
+    )
     n = np.asarray(token_counts, dtype=np.float64)
     if n.size == 0 or n.sum() == 0:
         raise ValueError(f"flops_per_token needs at least one non-empty text, got {n.size} texts")
@@ -39,7 +43,9 @@ def count_batches(indices: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [indices[s : s + batch_size] for s in range(0, len(indices), batch_size)]
 
 
-def st_batches(char_lengths: Sequence[int], batch_size: int, chunk_size: int | None = None) -> list[np.ndarray]:
+def st_batches(
+    char_lengths: Sequence[int], batch_size: int, chunk_size: int | None = None
+) -> list[np.ndarray]:
     """sentence-transformers' batches: the input cut into chunks (pool / Ray batch), each sorted by chars, cut in batches."""
     n = len(char_lengths)
     chunk = chunk_size or max(n, 1)
@@ -70,7 +76,11 @@ def parity(ours: np.ndarray, reference: np.ndarray) -> dict[str, float]:
         raise ValueError(f"embedding shapes differ: {a.shape} vs reference {b.shape}")
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
     cos = (a * b).sum(axis=1) / np.maximum(na * nb, 1e-30)
-    return {"min_cosine": float(cos.min()), "max_abs_diff": float(np.abs(a - b).max()), "rows": int(a.shape[0])}
+    return {
+        "min_cosine": float(cos.min()),
+        "max_abs_diff": float(np.abs(a - b).max()),
+        "rows": int(a.shape[0]),
+    }
 
 
 def align_rows(ids: Sequence[str], emb: np.ndarray, wanted: Sequence[str]) -> np.ndarray:

@@ -10,7 +10,14 @@ from dataclasses import dataclass, field
 import psutil
 
 # Ray's own service processes; they are never the ones doing the embedding work.
-RAY_SERVICE_MARKERS = ("IDLE", "_StatsActor", "AutoscalingRequester", "SplitCoordinator", "Dashboard", "DashboardAgent")
+RAY_SERVICE_MARKERS = (
+    "IDLE",
+    "_StatsActor",
+    "AutoscalingRequester",
+    "SplitCoordinator",
+    "Dashboard",
+    "DashboardAgent",
+)
 
 
 @dataclass
@@ -116,8 +123,16 @@ def work_processes(procs: list[ProcRecord], root: int, mode: str, n_workers: int
     if mode == "self":
         return [p for p in procs if p.pid == root]
     if mode == "tree":
-        return [p for p in procs if not p.name.startswith("ray::") and "raylet" not in p.name and "gcs_server" not in p.name]
+        return [
+            p
+            for p in procs
+            if not p.name.startswith("ray::") and "raylet" not in p.name and "gcs_server" not in p.name
+        ]
     if mode == "ray":
-        actors = [p for p in procs if p.name.startswith("ray::") and not any(m in p.name for m in RAY_SERVICE_MARKERS)]
+        actors = [
+            p
+            for p in procs
+            if p.name.startswith("ray::") and not any(m in p.name for m in RAY_SERVICE_MARKERS)
+        ]
         return sorted(actors, key=lambda p: p.peak_rss, reverse=True)[:n_workers]
     raise ValueError(f"unknown work-process mode {mode!r}; valid: 'self', 'tree', 'ray'")

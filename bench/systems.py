@@ -72,7 +72,12 @@ def run_st_pool(args: argparse.Namespace) -> dict[str, Any]:
         model.stop_multi_process_pool(pool)
     np.save(os.path.join(args.out, "emb.npy"), emb)
     chunk = args.chunk_size or max(1, min(-(-len(texts) // args.processes // 10), 5000))
-    return {"wall_s": wall, "batch_size": args.batch_sizes[0], "processes": args.processes, "chunk_size": chunk}
+    return {
+        "wall_s": wall,
+        "batch_size": args.batch_sizes[0],
+        "processes": args.processes,
+        "chunk_size": chunk,
+    }
 
 
 def run_ours_encode(args: argparse.Namespace) -> dict[str, Any]:
@@ -106,9 +111,17 @@ def run_ours_stream(args: argparse.Namespace) -> dict[str, Any]:
     out_path = os.path.join(args.out, "vectors.parquet")
     writer = None
     t0 = time.perf_counter()
-    for batch in pq.ParquetFile(args.input).iter_batches(batch_size=args.chunk_size or 1000, columns=["id", "text"]):
-        emb = np.asarray(model.encode(batch.column("text").to_pylist(), max_batch_tokens=args.max_batch_tokens,
-                                      batch_size=args.batch_sizes[0]), dtype=np.float32)
+    for batch in pq.ParquetFile(args.input).iter_batches(
+        batch_size=args.chunk_size or 1000, columns=["id", "text"]
+    ):
+        emb = np.asarray(
+            model.encode(
+                batch.column("text").to_pylist(),
+                max_batch_tokens=args.max_batch_tokens,
+                batch_size=args.batch_sizes[0],
+            ),
+            dtype=np.float32,
+        )
         col = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
         table = pa.table({"id": batch.column("id"), "embedding": col})
         writer = writer or pq.ParquetWriter(out_path, table.schema)
@@ -141,9 +154,10 @@ SYSTEMS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
 
 def register_extra() -> None:
     """Add the systems that live in other files (Ray recipe, our job, ONNX Runtime, stage profile)."""
-    from bench import extra_systems
+    from bench import extra_systems, profile_stages
 
     SYSTEMS.update(extra_systems.SYSTEMS)
+    SYSTEMS.update(profile_stages.SYSTEMS)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -8,8 +8,12 @@ import numpy as np
 
 
 def length_order(lengths: Sequence[int]) -> list[int]:
-    """Input indices sorted by length, longest first; equal lengths keep input order."""
-    return [int(i) for i in np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")]
+    """Input indices sorted by length, longest first.
+
+    Ties fall in numpy's default argsort order, the order sentence-transformers uses: with the same
+    lengths the batches hold the same texts, so the vectors match it bit for bit (and int8 buckets too).
+    """
+    return [int(i) for i in np.argsort(-np.asarray(lengths, dtype=np.int64))]
 
 
 def batches_by_count(order: Sequence[int], batch_size: int) -> list[list[int]]:

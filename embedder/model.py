@@ -197,12 +197,15 @@ class EmbeddingModel(torch.nn.Sequential):
             return self._empty(precision, convert_to_tensor, convert_to_numpy)
 
         first = self[0]
-        prompted = [prompt + t for t in texts] if prompt else texts
-        lengths = first.text_lengths(prompted)
-        order = batching.length_order(lengths)
         if max_batch_tokens is not None:
+            # A token budget needs real token counts (the input module's own measure, prompt included).
+            lengths = first.text_lengths([prompt + t for t in texts] if prompt else texts)
+            order = batching.length_order(lengths)
             batches = batching.batches_by_tokens(order, lengths, max_batch_tokens)
         else:
+            # Characters, as sentence-transformers sorts: same batches, hence bit-identical vectors.
+            lengths = [len(t) for t in texts]
+            order = batching.length_order(lengths)
             batches = batching.batches_by_count(order, batch_size)
         if show_progress_bar:
             from tqdm.auto import tqdm
@@ -264,10 +267,15 @@ class EmbeddingModel(torch.nn.Sequential):
     def _count(self, features: dict[str, Any], lengths: list[int]) -> None:
         """Add this batch's real and padded token counts to `stats`."""
         mask = features.get("attention_mask")
+        ids = features.get("input_ids")
         self.stats["texts"] += len(lengths)
         if isinstance(mask, torch.Tensor):
             self.stats["tokens"] += int(mask.sum())
             self.stats["padded_tokens"] += int(mask.numel())
+        elif isinstance(ids, torch.Tensor):
+            # Unpadded inputs (StaticEmbedding's flat ids + offsets): every id is a real token.
+            self.stats["tokens"] += int(ids.numel())
+            self.stats["padded_tokens"] += int(ids.numel())
         else:
             self.stats["tokens"] += sum(lengths)
             self.stats["padded_tokens"] += sum(lengths)

@@ -181,6 +181,39 @@ class ReplicaPool:
             ray.kill(slot.actor, no_restart=True)
 
 
+_WARM: dict[str, ReplicaPool] = {}
+
+
+def _pool_key(spec: JobSpec) -> str:
+    """Replicas can serve another job of this driver when model, resources and fault hooks are the same."""
+    import ray
+
+    c = spec.compute
+    resources = (c.replicas, c.gpus_per_replica, c.cpus_per_replica, c.device)
+    return digest(ray.get_runtime_context().get_job_id(), spec.to_dict()["model"], resources, fault_env())
+
+
+def _get_pool(spec: JobSpec, max_replicas: int, keep_warm: bool) -> ReplicaPool:
+    if keep_warm:
+        pool = _WARM.pop(_pool_key(spec), None)
+        if pool is not None:
+            return pool
+    return ReplicaPool(spec, max_replicas)
+
+
+def _release_pool(pool: ReplicaPool, spec: JobSpec, keep_warm: bool) -> None:
+    if keep_warm:
+        _WARM[_pool_key(spec)] = pool
+    else:
+        pool.shutdown()
+
+
+def shutdown_warm() -> None:
+    """Kill the replicas kept warm by run_job(keep_warm=True)."""
+    while _WARM:
+        _WARM.popitem()[1].shutdown()
+
+
 def run_job(
     spec: JobSpec | dict[str, Any] | str,
     *,
@@ -188,8 +221,13 @@ def run_job(
     address: str | None = None,
     progress: bool = True,
     log_file: str | None = None,
+    keep_warm: bool = False,
 ) -> dict[str, Any]:
-    """Run a job end to end (resuming into an existing output of the same job) and return its summary."""
+    """Run a job end to end (resuming into an existing output of the same job) and return its summary.
+
+    keep_warm: leave the model replicas running for the next run_job of this process with the same model
+    (notebooks, tests); the default frees them when the job ends.
+    """
     import ray
 
     spec = absolutize(as_spec(spec))
@@ -207,7 +245,7 @@ def run_job(
     try:
         committed = set() if overwrite else store.committed_ids()
         todo = [s for s in plan.shards if s.shard_id not in committed]
-        pool = ReplicaPool(spec, max_replicas=max(1, len(todo)))
+        pool = _get_pool(spec, max(1, len(todo)), keep_warm and not started_ray)
         info = ray.get(pool.slots[0].actor.info.remote())
         job = job_metadata(spec, plan, info)
         if overwrite:
@@ -227,7 +265,7 @@ def run_job(
         if committed:
             bar.resumed(store.records())
         _dispatch(pool, todo, spec, bar, previous if reuse else None)
-        pool.shutdown()
+        _release_pool(pool, spec, keep_warm and not started_ray)
         pool = None
         records = store.records()
         _check_complete(plan, records)
@@ -265,12 +303,14 @@ def _dispatch(pool: ReplicaPool, todo: list[Shard], spec: JobSpec, bar: Progress
     attempts: collections.Counter[str] = collections.Counter()
     in_flight: dict[Any, tuple[Shard, _Slot]] = {}
     depth = spec.compute.in_flight_per_replica
+    job_spec = spec.to_dict()
     while pending or in_flight:
         for slot in pool.slots:
             while pending and slot.in_flight < depth:
                 shard = pending.popleft()
                 attempts[shard.shard_id] += 1
-                task = {"shard": shard.to_dict(), "previous": previous.task_for(shard.source) if previous else None}
+                task = {"spec": job_spec, "shard": shard.to_dict(),
+                        "previous": previous.task_for(shard.source) if previous else None}
                 in_flight[slot.actor.process.remote(task)] = (shard, slot)
                 slot.in_flight += 1
         ready, _ = ray.wait(list(in_flight), num_returns=1)

@@ -28,11 +28,20 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-EXIT_SUCCEEDED, EXIT_FAILED, EXIT_STOPPED, EXIT_NOT_FINISHED, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 3, 4, 5, 130
+EXIT_SUCCEEDED, EXIT_FAILED, EXIT_STOPPED, EXIT_NOT_FINISHED, EXIT_UNREACHABLE, EXIT_INTERRUPTED = (
+    0,
+    1,
+    3,
+    4,
+    5,
+    130,
+)
 STATUS_EXIT = {"SUCCEEDED": EXIT_SUCCEEDED, "FAILED": EXIT_FAILED, "STOPPED": EXIT_STOPPED}
 JOB_FILE_NAME = "job.yaml"  # the name the job file gets in the uploaded working_dir
 PACKAGES = ("embedder", "jobs")
 ENTRYPOINT = ("python", "-m", "jobs.cli", "run")
+# Job logs are not a terminal: the JSON progress lines say it all, a redrawn bar only adds noise.
+ENTRYPOINT_FLAGS = ("--no-progress",)
 # `embedjob run` flags that `submit` forwards when given (a scheduler changes these per run).
 RUN_OVERRIDES = ("model", "input", "output", "previous")
 RUN_STAMP = "%Y%m%dT%H%M%SZ"  # nightly run folder names: lexical order is time order
@@ -58,7 +67,9 @@ def auth_token(environ: Mapping[str, str] = os.environ) -> str | None:
             with open(path, encoding="utf-8") as f:
                 token = f.read().strip()
         except OSError as e:
-            raise SubmitError(f"RAY_AUTH_TOKEN_PATH={path!r}: cannot read the token file ({e.strerror})") from None
+            raise SubmitError(
+                f"RAY_AUTH_TOKEN_PATH={path!r}: cannot read the token file ({e.strerror})"
+            ) from None
         if not token:
             raise SubmitError(f"RAY_AUTH_TOKEN_PATH={path!r}: the token file is empty")
         return token
@@ -100,7 +111,9 @@ def package_dirs() -> list[str]:
     for name in PACKAGES:
         spec = importlib.util.find_spec(name)
         if spec is None or not spec.submodule_search_locations:
-            raise SubmitError(f"package {name!r} is not importable here; install the project (pip install -e .)")
+            raise SubmitError(
+                f"package {name!r} is not importable here; install the project (pip install -e .)"
+            )
         dirs.append(list(spec.submodule_search_locations)[0])
     return dirs
 
@@ -134,12 +147,41 @@ def build_entrypoint(overrides: Mapping[str, str | None], *, overwrite: bool = F
             continue
         # The entrypoint is stored in the job record and shown by the dashboard: no secrets in URIs.
         if urlsplit(value).password:
-            raise SubmitError(f"--{name} {urlsplit(value).scheme}://…: a password in the URI would be stored "
-                              "in the job record; pass credentials through the cluster or --env")
+            raise SubmitError(
+                f"--{name} {urlsplit(value).scheme}://…: a password in the URI would be stored "
+                "in the job record; pass credentials through the cluster or --env"
+            )
         argv += [f"--{name}", value]
     if overwrite:
         argv.append("--overwrite")
-    return shlex.join(argv)
+    return shlex.join([*argv, *ENTRYPOINT_FLAGS])
+
+
+def check_locations(job_file: str, overrides: Mapping[str, str | None]) -> None:
+    """Refuse relative local paths: the job runs in a fresh folder on the cluster, where they mean nothing."""
+    import yaml
+
+    with open(job_file, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    inp = data.get("input") if isinstance(data.get("input"), dict) else {}
+    out = data.get("output") if isinstance(data.get("output"), dict) else {}
+    where = {
+        "input.uri": inp.get("uri"),
+        "input.previous": inp.get("previous"),
+        "output.uri": out.get("uri"),
+        "previous": data.get("previous"),
+    }
+    # A flag replaces the file's field on the cluster, so only the flag's value matters then.
+    for name, field in (("input", "input.uri"), ("output", "output.uri"), ("previous", "previous")):
+        if overrides.get(name) is not None:
+            where[field] = None
+            where[f"--{name}"] = overrides[name]
+    for field, value in where.items():
+        if isinstance(value, str) and value and "://" not in value and not os.path.isabs(value):
+            raise SubmitError(
+                f"{job_file}: {field} {value!r} is a relative path; on the cluster the job runs in a "
+                "temporary folder, so give a URI (s3://...) or an absolute path the cluster's nodes share"
+            )
 
 
 def submission_id(job_file: str, now: dt.datetime | None = None) -> str:
@@ -157,7 +199,9 @@ def submit(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) ->
         return 2
     try:
         env_vars = forwarded_env(args.env or [], environ)
-        entrypoint = build_entrypoint({n: getattr(args, n) for n in RUN_OVERRIDES}, overwrite=args.overwrite)
+        overrides = {n: getattr(args, n) for n in RUN_OVERRIDES}
+        check_locations(args.job_file, overrides)
+        entrypoint = build_entrypoint(overrides, overwrite=args.overwrite)
         client = make_client(args.address, environ)
         job_id = args.job_id or submission_id(args.job_file)
         staging = tempfile.mkdtemp(prefix="embedjob-submit-")
@@ -165,9 +209,11 @@ def submit(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) ->
             shutil.copyfile(args.job_file, os.path.join(staging, JOB_FILE_NAME))
             runtime_env = build_runtime_env(staging, env_vars, upload_package=not args.no_upload_package)
             if env_vars:
-                print(f"embedjob submit: forwarding {', '.join(sorted(env_vars))} through runtime_env env_vars; "
-                      "their values are readable in the job record by anyone with dashboard access",
-                      file=sys.stderr)
+                print(
+                    f"embedjob submit: forwarding {', '.join(sorted(env_vars))} through runtime_env env_vars; "
+                    "their values are readable in the job record by anyone with dashboard access",
+                    file=sys.stderr,
+                )
             client.submit_job(
                 entrypoint=entrypoint,
                 runtime_env=runtime_env,
@@ -200,16 +246,23 @@ def follow(client: Any, job_id: str, out: Any = None) -> int:
             asyncio.run(tail())
         except (RuntimeError, OSError) as e:
             # A dropped log stream does not end the job: keep polling its status.
-            print(f"embedjob submit: log stream for {job_id} broke ({e}); polling its status", file=sys.stderr)
+            print(
+                f"embedjob submit: log stream for {job_id} broke ({e}); polling its status", file=sys.stderr
+            )
         status = wait_terminal(client, job_id)
+        info = client.get_job_info(job_id)
+    except client_errors() as e:
+        print(f"embedjob submit: lost the cluster while following {job_id}: {e}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except KeyboardInterrupt:
-        print(f"\nembedjob submit: stopped following; job {job_id} keeps running "
-              f"(`embedjob status --job-id {job_id}`, `ray job stop {job_id}`)", file=sys.stderr)
+        print(
+            f"\nembedjob submit: stopped following; job {job_id} keeps running "
+            f"(`embedjob status --job-id {job_id}`, `ray job stop {job_id}`)",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
-    info = client.get_job_info(job_id)
-    # Ray's failure message repeats the last logs; its first line is the reason.
-    reason = (info.message or "").splitlines()[0] if status != "SUCCEEDED" and info.message else ""
-    print(f"job {job_id}: {status}" + (f" ({reason})" if reason else ""), file=sys.stderr)
+    reason = (info.message or "").strip().splitlines()[:1] if status != "SUCCEEDED" else []
+    print(f"job {job_id}: {status}" + "".join(f" ({r})" for r in reason), file=sys.stderr)
     return STATUS_EXIT[status]
 
 
@@ -230,7 +283,9 @@ def job_status(job_id: str, address: str | None, environ: Mapping[str, str] = os
         print(f"embedjob status: job {job_id!r} at {address!r}: {e}", file=sys.stderr)
         return EXIT_UNREACHABLE
     status = str(info.status)
-    print(f"{job_id}\t{status}" + (f"\t{info.message}" if info.message else ""))
+    # Ray's failure message goes on with the last logs; its first line is the reason.
+    reason = (info.message or "").strip().splitlines()[:1]
+    print("\t".join([job_id, status, *reason]))
     return STATUS_EXIT.get(status, EXIT_NOT_FINISHED)
 
 
@@ -243,20 +298,38 @@ def add_commands(subparsers: Any) -> None:
         "stream its logs and exit with its outcome (0 succeeded, 1 failed, 3 stopped, 5 unreachable).",
     )
     p.add_argument("job_file", metavar="JOB.yaml", help="the job file (model/input/output/compute/policy)")
-    p.add_argument("--address", default=None,
-                   help="the dashboard address, e.g. http://HEAD:8265 (default: $RAY_ADDRESS); the auth token "
-                   "comes from $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token")
-    p.add_argument("--env", action="append", metavar="NAME",
-                   help="forward this local environment variable to the job (repeatable); its value is "
-                   "visible in the job record, so prefer the cluster's own credentials")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="the dashboard address, e.g. http://HEAD:8265 (default: $RAY_ADDRESS); the auth token "
+        "comes from $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token",
+    )
+    p.add_argument(
+        "--env",
+        action="append",
+        metavar="NAME",
+        help="forward this local environment variable to the job (repeatable); its value is "
+        "visible in the job record, so prefer the cluster's own credentials",
+    )
     p.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
-    p.add_argument("--job-id", default=None, help="the submission id (default: embedjob-<file>-<time>-<rand>)")
-    p.add_argument("--no-upload-package", action="store_true",
-                   help="run the embedder/jobs installed in the cluster image instead of uploading this checkout's")
-    p.add_argument("--entrypoint-num-cpus", type=float, default=None,
-                   help="CPUs to reserve for the driver (default: none, so it may run on a busy head)")
+    p.add_argument(
+        "--job-id", default=None, help="the submission id (default: embedjob-<file>-<time>-<rand>)"
+    )
+    p.add_argument(
+        "--no-upload-package",
+        action="store_true",
+        help="run the embedder/jobs installed in the cluster image instead of uploading this checkout's",
+    )
+    p.add_argument(
+        "--entrypoint-num-cpus",
+        type=float,
+        default=None,
+        help="CPUs to reserve for the driver (default: none, so it may run on a busy head)",
+    )
     for name in RUN_OVERRIDES:
-        p.add_argument(f"--{name}", default=None, metavar="URI", help=f"override the job file's {name} for this run")
+        p.add_argument(
+            f"--{name}", default=None, metavar="URI", help=f"override the job file's {name} for this run"
+        )
     p.add_argument("--overwrite", action="store_true", help="pass --overwrite to `embedjob run`")
     p.set_defaults(func=submit)
 
@@ -300,18 +373,25 @@ def nightly_rayjob(template: dict[str, Any], prefix_uri: str, now: dt.datetime, 
     return doc
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m jobs.submit nightly-rayjob`: print tonight's RayJob (YAML) for `kubectl create -f -`."""
-    import yaml
-
+def build_nightly_parser() -> argparse.ArgumentParser:
+    """The parser of `python -m jobs.submit` (what the nightly CronJob runs)."""
     parser = argparse.ArgumentParser(prog="python -m jobs.submit")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("nightly-rayjob", help="template the nightly RayJob with the last successful run")
-    p.add_argument("--template", required=True, help="a RayJob YAML whose entrypoint is `embedjob run JOB.yaml`")
+    p.add_argument(
+        "--template", required=True, help="a RayJob YAML whose entrypoint is `embedjob run JOB.yaml`"
+    )
     p.add_argument("--prefix", required=True, help="the folder that holds one sub-folder per nightly run")
     p.add_argument("--full", action="store_true", help="ignore earlier runs (no --previous)")
     p.add_argument("--now", default=None, help="the run time, ISO 8601 (default: now, UTC)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m jobs.submit nightly-rayjob`: print tonight's RayJob (YAML) for `kubectl create -f`."""
+    import yaml
+
+    args = build_nightly_parser().parse_args(argv)
     with open(args.template, encoding="utf-8") as f:
         template = yaml.safe_load(f)
     now = dt.datetime.fromisoformat(args.now) if args.now else dt.datetime.now(dt.timezone.utc)

@@ -26,6 +26,10 @@ PREFETCH = 2  # batches read ahead of the forward pass
 BATCHES_PER_READ = 8  # encode() length-sorts within a call, so bigger calls pad less
 
 
+class ShardError(RuntimeError):
+    """A shard that cannot be committed for a reason a retry will not fix (picklable, for Ray)."""
+
+
 class ShardWorker:
     """Holds one EmbeddingModel; `process(task)` embeds and commits one shard and returns its manifest record."""
 
@@ -50,10 +54,20 @@ class ShardWorker:
         )
         if m.max_seq_length:
             self.model.max_seq_length = m.max_seq_length
+        self._info: dict[str, Any] | None = None
+        self._job_key = ""
+        self._use(spec)
+
+    def _use(self, spec: dict[str, Any]) -> None:
+        """Switch to a job's input/output/policy; the model (same model section, by the pool's key) stays."""
+        key = digest(spec, size=16)
+        if key == self._job_key:
+            return
+        self.spec = JobSpec.from_dict(spec)
         self.policy = RetryPolicy(attempts=self.spec.policy.retries)
         self.out = OutputStore(self.spec.output.uri, self.spec.output.storage_options, self.policy)
         self.max_chars = self.spec.policy.max_text_chars or default_max_chars(getattr(self.model, "max_seq_length", None))
-        self._info: dict[str, Any] | None = None
+        self._job_key = key
 
     def info(self) -> dict[str, Any]:
         """What _job.json records about the model: fingerprints, dimension, dtype, pooling, limits."""
@@ -98,6 +112,8 @@ class ShardWorker:
 
     def process(self, task: dict[str, Any]) -> dict[str, Any]:
         """Embed one shard and commit it (data file, then manifest record); an already committed shard is skipped."""
+        if "spec" in task:
+            self._use(task["spec"])
         shard = Shard.from_dict(task["shard"])
         record_name = self.out.record_name(shard.shard_id)
         existing = self.out.read_json(record_name)
@@ -132,7 +148,8 @@ class ShardWorker:
                 rows = batch.column(ROW).to_pylist()
                 if self.spec.policy.on_bad_row == "fail":
                     where = f"shard {shard.index} ({shard.shard_id}) of {shard.path or shard.source}"
-                    raise BadRowsError(where, bad, first_row=rows[0], column=self.spec.input.text_column)
+                    message = str(BadRowsError(where, bad, first_row=rows[0], column=self.spec.input.text_column))
+                    raise ShardError(message.replace("set bad_rows: quarantine", "set policy.on_bad_row: quarantine"))
                 errors += [{"id": _str(raw_ids[p]), "file": shard.source, "row": rows[p], "reason": r} for p, r in bad]
             bad_pos = {p for p, _ in bad}
             keep = [p for p in range(len(raw_texts)) if p not in bad_pos]

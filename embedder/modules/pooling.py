@@ -75,57 +75,89 @@ def pool(
     cls_token_embeddings: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Pool (batch, seq, dim) token embeddings into (batch, len(modes) * dim), one block per mode in order."""
-    original_mask = attention_mask
-    mask_2d = exclude_prompt(attention_mask, prompt_length) if prompt_length else attention_mask
-    dtype = token_embeddings.dtype
-    # Half-precision sums lose too much; accumulate in float32 like sentence-transformers.
-    acc_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-    mask = mask_2d.unsqueeze(-1).to(dtype)
-    seq_len = token_embeddings.shape[1]
+    mask = exclude_prompt(attention_mask, prompt_length) if prompt_length else attention_mask
     outputs: list[torch.Tensor] = []
     for mode in modes:
         if mode == "cls":
             if cls_token_embeddings is not None:
                 outputs.append(cls_token_embeddings)
             else:
-                first = mask_2d.to(torch.int).argmax(dim=1)
-                outputs.append(_gather_rows(token_embeddings, first))
+                outputs.append(_gather_rows(token_embeddings, mask.to(torch.int).argmax(dim=1)))
         elif mode == "max":
-            outputs.append(token_embeddings.masked_fill(mask == 0, float("-inf")).max(dim=1).values)
+            hidden = mask.unsqueeze(-1).to(token_embeddings.dtype) == 0
+            outputs.append(token_embeddings.masked_fill(hidden, float("-inf")).max(dim=1).values)
         elif mode in ("mean", "mean_sqrt_len_tokens"):
-            summed = (token_embeddings * mask).sum(dim=1, dtype=acc_dtype)
-            out_dtype = dtype
-            if token_weights_sum is not None:
-                count = token_weights_sum.unsqueeze(-1)
-                out_dtype = torch.promote_types(dtype, count.dtype)
-                count = count.to(torch.promote_types(acc_dtype, count.dtype))
-            else:
-                count = mask.sum(dim=1, dtype=acc_dtype)
-            count = torch.clamp(count, min=1e-9)
-            pooled = summed / (count if mode == "mean" else torch.sqrt(count))
-            outputs.append(pooled.to(out_dtype) if out_dtype.is_floating_point else pooled)
-        elif mode == "weightedmean":
-            # Position weights 1..n counted from each row's first real token (left padding shifts them).
-            weights = torch.arange(1, seq_len + 1, device=token_embeddings.device, dtype=acc_dtype).view(
-                1, -1, 1
+            outputs.append(
+                mean_pool(token_embeddings, mask, token_weights_sum, sqrt=mode == "mean_sqrt_len_tokens")
             )
-            if original_mask.numel():
-                weights = weights - original_mask.to(torch.int32).argmax(dim=1).view(-1, 1, 1)
-            weighted_mask = mask_2d.unsqueeze(-1).to(acc_dtype) * weights
-            summed = (token_embeddings * weighted_mask).sum(dim=1)
-            out_dtype = dtype
-            if token_weights_sum is not None:
-                total = token_weights_sum.unsqueeze(-1)
-                out_dtype = torch.promote_types(dtype, total.dtype)
-                total = total.to(torch.promote_types(acc_dtype, total.dtype))
-            else:
-                total = weighted_mask.sum(dim=1)
-            outputs.append((summed / torch.clamp(total, min=1e-9)).to(out_dtype))
+        elif mode == "weightedmean":
+            outputs.append(weighted_mean_pool(token_embeddings, mask, attention_mask, token_weights_sum))
         elif mode == "lasttoken":
-            has_token, from_end = mask_2d.flip(1).max(dim=1)
-            last = torch.where(has_token == 0, 0, seq_len - 1 - from_end)
-            outputs.append(_gather_rows(token_embeddings * mask, last))
+            outputs.append(last_token_pool(token_embeddings, mask))
     return torch.cat(outputs, dim=-1)
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Half-precision sums lose too much; accumulate in float32 like sentence-transformers.
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def mean_pool(
+    token_embeddings: torch.Tensor,
+    mask: torch.Tensor,
+    token_weights_sum: torch.Tensor | None,
+    *,
+    sqrt: bool = False,
+) -> torch.Tensor:
+    """Sum of the unmasked tokens over their count (or over `token_weights_sum`), or over its square root."""
+    dtype = token_embeddings.dtype
+    acc_dtype = _accumulation_dtype(dtype)
+    mask_3d = mask.unsqueeze(-1).to(dtype)
+    summed = (token_embeddings * mask_3d).sum(dim=1, dtype=acc_dtype)
+    out_dtype = dtype
+    if token_weights_sum is not None:
+        count = token_weights_sum.unsqueeze(-1)
+        out_dtype = torch.promote_types(dtype, count.dtype)
+        count = count.to(torch.promote_types(acc_dtype, count.dtype))
+    else:
+        count = mask_3d.sum(dim=1, dtype=acc_dtype)
+    count = torch.clamp(count, min=1e-9)
+    pooled = summed / (torch.sqrt(count) if sqrt else count)
+    return pooled.to(out_dtype) if out_dtype.is_floating_point else pooled
+
+
+def weighted_mean_pool(
+    token_embeddings: torch.Tensor,
+    mask: torch.Tensor,
+    attention_mask: torch.Tensor,
+    token_weights_sum: torch.Tensor | None,
+) -> torch.Tensor:
+    """Mean weighted by position 1..n, counted from each row's first real token (before prompt exclusion)."""
+    dtype = token_embeddings.dtype
+    acc_dtype = _accumulation_dtype(dtype)
+    seq_len = token_embeddings.shape[1]
+    weights = torch.arange(1, seq_len + 1, device=token_embeddings.device, dtype=acc_dtype).view(1, -1, 1)
+    if attention_mask.numel():
+        # Left padding shifts the weights so that the first real token weighs 1; excluding a prompt does not.
+        weights = weights - attention_mask.to(torch.int32).argmax(dim=1).view(-1, 1, 1)
+    weighted_mask = mask.unsqueeze(-1).to(acc_dtype) * weights
+    summed = (token_embeddings * weighted_mask).sum(dim=1)
+    out_dtype = dtype
+    if token_weights_sum is not None:
+        total = token_weights_sum.unsqueeze(-1)
+        out_dtype = torch.promote_types(dtype, total.dtype)
+        total = total.to(torch.promote_types(acc_dtype, total.dtype))
+    else:
+        total = weighted_mask.sum(dim=1)
+    return (summed / torch.clamp(total, min=1e-9)).to(out_dtype)
+
+
+def last_token_pool(token_embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The last unmasked token of each row (left or right padding); a zero vector for a row with none."""
+    seq_len = token_embeddings.shape[1]
+    has_token, from_end = mask.flip(1).max(dim=1)
+    last = torch.where(has_token == 0, 0, seq_len - 1 - from_end)
+    return _gather_rows(token_embeddings * mask.unsqueeze(-1).to(token_embeddings.dtype), last)
 
 
 def _gather_rows(token_embeddings: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

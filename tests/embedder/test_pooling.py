@@ -182,23 +182,63 @@ def test_bad_mode_names_itself_and_the_valid_ones():
         Pooling(8, ("mean", "median"))
 
 
-def test_pipeline_saved_by_sentence_transformers(tiny_bert_dir, sample_texts):
-    """A Transformer + Pooling pipeline built and saved by sentence-transformers: our Pooling on its token output."""
+def st_encode_both_ways(st_model, tmp_path, texts: list[str], batch_sizes=(4, 3, 5), **encode_kwargs) -> None:
+    """ST saves -> EmbeddingModel loads and matches; EmbeddingModel saves -> ST loads and matches."""
+    from sentence_transformers import SentenceTransformer
+
+    from embedder import EmbeddingModel
+
+    expected = st_model.encode(texts, batch_size=batch_sizes[0], **encode_kwargs)
+    st_model.save(str(tmp_path / "saved_by_st"))
+    ours = EmbeddingModel(str(tmp_path / "saved_by_st"), device="cpu")
+    assert_parity(ours.encode(texts, batch_size=batch_sizes[1], **encode_kwargs), expected)
+    ours.save_pretrained(str(tmp_path / "saved_by_us"))
+    again = SentenceTransformer(str(tmp_path / "saved_by_us"), device="cpu")
+    assert_parity(again.encode(texts, batch_size=batch_sizes[2], **encode_kwargs), expected)
+
+
+@pytest.mark.parametrize("modes", ALL_MODES, ids=lambda m: "+".join(m))
+def test_embedding_model_matches_sentence_transformer(tmp_path, tiny_bert_dir, sample_texts, modes):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Transformer as STTransformer
 
     bert = tiny_bert_dir("bert")
-    modes = ("cls", "mean", "lasttoken")
     st_model = SentenceTransformer(
-        modules=[STTransformer(bert, max_seq_length=32), st_pooling(32, modes)], device="cpu"
+        modules=[STTransformer(bert, max_seq_length=24), st_pooling(32, modes)], device="cpu"
     )
-    out = os.path.join(os.path.dirname(bert), "st_saved")
-    st_model.save(out)
-    ours = Pooling.load(os.path.join(out, "1_Pooling"))
-    features = st_model.preprocess(sample_texts)
-    with torch.no_grad():
-        token_features = st_model[0](dict(features))
-        theirs = st_model[1](dict(token_features))["sentence_embedding"]
-        mine = ours(dict(token_features))["sentence_embedding"]
-    assert_parity(mine, theirs)
-    assert_parity(mine, st_model.encode(sample_texts, convert_to_tensor=True))
+    st_encode_both_ways(st_model, tmp_path, sample_texts)
+
+
+@pytest.mark.parametrize(
+    "modes", [("mean",), ("cls",), ("weightedmean",), ("lasttoken",), POOLING_MODES], ids="+".join
+)
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_embedding_model_excludes_prompt_like_sentence_transformer(
+    tmp_path, tiny_bert_dir, sample_texts, modes, padding_side
+):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Transformer as STTransformer
+
+    bert = tiny_bert_dir("bert")
+    config_file = os.path.join(bert, "tokenizer_config.json")
+    with open(config_file) as f:
+        tok_config = json.load(f)
+    tok_config["padding_side"] = padding_side
+    with open(config_file, "w") as f:
+        json.dump(tok_config, f)
+    transformer = STTransformer(bert, max_seq_length=24)
+    assert transformer.tokenizer.padding_side == padding_side
+    st_model = SentenceTransformer(
+        modules=[transformer, st_pooling(32, modes, include_prompt=False)], device="cpu"
+    )
+    # BERT's absolute positions make left-padded outputs depend on the batch's longest text (in both libraries),
+    # so left padding is compared on a single batch.
+    batch_sizes = (4, 3, 5) if padding_side == "right" else (64, 64, 64)
+    st_encode_both_ways(st_model, tmp_path, sample_texts, batch_sizes, prompt="search query: ")
+    if modes != ("lasttoken",):
+        # The prompt really was left out: counting it changes the vectors.
+        excluded = st_model.encode(sample_texts, batch_size=64, prompt="search query: ")
+        st_model[1].include_prompt = True
+        assert not np.allclose(
+            st_model.encode(sample_texts, batch_size=64, prompt="search query: "), excluded
+        )

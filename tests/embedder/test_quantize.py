@@ -41,14 +41,18 @@ def test_ranges_and_calibration_match(emb: np.ndarray, precision: str) -> None:
     )
     # Values outside the calibration range clip to the end buckets.
     q = quantize_embeddings(emb * 100, precision, ranges=ranges)
-    assert q.min() == (0 if precision == "uint8" else -128) and q.max() == (255 if precision == "uint8" else 127)
+    assert q.min() == (0 if precision == "uint8" else -128) and q.max() == (
+        255 if precision == "uint8" else 127
+    )
 
 
 def test_torch_and_bfloat16_inputs(emb: np.ndarray) -> None:
     t = torch.from_numpy(emb)
     np.testing.assert_array_equal(quantize_embeddings(t, "int8"), st_quantize(emb, "int8"))
     bf = t.to(torch.bfloat16)
-    np.testing.assert_array_equal(quantize_embeddings(bf, "ubinary"), st_quantize(bf.float().numpy(), "ubinary"))
+    np.testing.assert_array_equal(
+        quantize_embeddings(bf, "ubinary"), st_quantize(bf.float().numpy(), "ubinary")
+    )
 
 
 def test_binary_shapes_and_bits() -> None:

@@ -68,7 +68,9 @@ def test_model_similarity_follows_config(name: str, tiny_bert_dir, ab) -> None:
     st = SentenceTransformer(path, device="cpu")
     a, b = ab
     torch.testing.assert_close(model.similarity(a, b), st.similarity(a, b), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(model.similarity_pairwise(a[:5], b), st.similarity_pairwise(a[:5], b), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        model.similarity_pairwise(a[:5], b), st.similarity_pairwise(a[:5], b), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_model_similarity_setter(tiny_bert_dir) -> None:

@@ -35,7 +35,9 @@ def test_preprocess_pads_to_batch_longest_and_truncates(tiny_bert_dir) -> None:
 
 
 @pytest.mark.parametrize("do_lower_case", [False, True])
-def test_tokens_match_sentence_transformers(tiny_bert_dir, minilm_path, do_lower_case: bool, tmp_path) -> None:
+def test_tokens_match_sentence_transformers(
+    tiny_bert_dir, minilm_path, do_lower_case: bool, tmp_path
+) -> None:
     texts = ["Hello World", "THE Cat!", LONG, "", "naïve café"]
     for path in (tiny_bert_dir(max_seq_length=20), minilm_path):
         cfg = {"max_seq_length": 20, "do_lower_case": do_lower_case}
@@ -68,7 +70,9 @@ def test_prompt_length_matches_sentence_transformers(tiny_bert_dir, minilm_path,
 
 
 @pytest.mark.parametrize(("tok_max", "max_pos", "expected"), [(512, 64, 64), (32, 64, 32)])
-def test_max_seq_length_default_matches_sentence_transformers(tiny_bert_dir, tok_max, max_pos, expected) -> None:
+def test_max_seq_length_default_matches_sentence_transformers(
+    tiny_bert_dir, tok_max, max_pos, expected
+) -> None:
     # No max_seq_length in the folder: the tokenizer's limit, capped by the model's positions, as ST does.
     path = tiny_bert_dir(model_max_length=tok_max, max_position_embeddings=max_pos)
     assert Transformer.load(path).max_seq_length == expected == st_transformer(path).max_seq_length
@@ -110,7 +114,9 @@ def test_pickle_refused_without_allow_pickle(tiny_bert_dir) -> None:
     ref = Transformer.load(safe)
     feats = ref.preprocess(["the cat", "rain"])
     with torch.inference_mode():
-        torch.testing.assert_close(module(dict(feats))["token_embeddings"], ref(dict(feats))["token_embeddings"])
+        torch.testing.assert_close(
+            module(dict(feats))["token_embeddings"], ref(dict(feats))["token_embeddings"]
+        )
 
 
 def test_missing_weights(tiny_bert_dir) -> None:
@@ -122,7 +128,11 @@ def test_missing_weights(tiny_bert_dir) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "dtype"),
-    [({"torch_dtype": "bfloat16"}, torch.bfloat16), ({"dtype": torch.float16}, torch.float16), ({}, torch.float32)],
+    [
+        ({"torch_dtype": "bfloat16"}, torch.bfloat16),
+        ({"dtype": torch.float16}, torch.float16),
+        ({}, torch.float32),
+    ],
 )
 def test_dtype_kwargs(tiny_bert_dir, kwargs, dtype) -> None:
     module = Transformer.load(tiny_bert_dir(st=True), LoadOptions(model_kwargs=kwargs))
@@ -148,7 +158,9 @@ def test_attn_implementation_and_config_args(tiny_bert_dir) -> None:
 def test_config_cannot_turn_on_remote_code(tiny_bert_dir, monkeypatch) -> None:
     path = tiny_bert_dir(st=True)
     with open(os.path.join(path, "sentence_bert_config.json"), "w") as f:
-        json.dump({"model_kwargs": {"trust_remote_code": True}, "tokenizer_args": {"trust_remote_code": True}}, f)
+        json.dump(
+            {"model_kwargs": {"trust_remote_code": True}, "tokenizer_args": {"trust_remote_code": True}}, f
+        )
     seen = []
     real = transformer_mod.AutoModel
 
@@ -168,7 +180,9 @@ def test_unsupported_transformer_task(tiny_bert_dir) -> None:
     path = tiny_bert_dir(st=True)
     with open(os.path.join(path, "sentence_bert_config.json"), "w") as f:
         json.dump({"transformer_task": "sequence-classification"}, f)
-    with pytest.raises(ValueError, match=r"sentence_bert_config\.json: transformer_task 'sequence-classification'"):
+    with pytest.raises(
+        ValueError, match=r"sentence_bert_config\.json: transformer_task 'sequence-classification'"
+    ):
         Transformer.load(path)
 
 

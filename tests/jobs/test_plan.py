@@ -1,0 +1,129 @@
+"""Planning: listing files, cutting row-group-aligned shards with stable ids, schema errors that name the file."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.cli import main
+from jobs.plan import PlanError, Plan, _cut, plan_job
+from jobs.spec import JobSpec
+
+
+def spec_for(inp: str, rows: int = 25, **input_fields) -> JobSpec:
+    return JobSpec.from_dict({"model": "m", "input": {"uri": inp, "id_column": "id", **input_fields},
+                              "output": {"uri": "out", "rows_per_file": rows}})
+
+
+def write(path, n: int, row_group_size: int, **extra) -> str:
+    cols = {"id": [f"{os.path.basename(str(path))}-{i}" for i in range(n)], "text": [f"text {i}" for i in range(n)], **extra}
+    pq.write_table(pa.table(cols), str(path), row_group_size=row_group_size)
+    return str(path)
+
+
+def test_cut_aligns_to_row_groups_and_splits_big_ones():
+    assert _cut([10, 10, 10], 25) == [(0, 20, (0, 1), (0, 10)), (20, 30, (2,), (20,))]
+    # a row group larger than the bound is split into near-equal row ranges
+    assert [(a, b) for a, b, *_ in _cut([5, 50], 20)] == [(0, 5), (5, 22), (22, 39), (39, 55)]
+    assert _cut([], 10) == [] and _cut([0, 3], 10) == [(0, 3, (1,), (0,))]
+
+
+def test_folder_of_files_shards_cover_every_row_once(tmp_path):
+    for k, n in enumerate([60, 35, 7]):
+        write(tmp_path / f"f{k}.parquet", n, row_group_size=10)
+    (tmp_path / "_SUCCESS").write_text("")  # metadata files are ignored
+    plan = plan_job(spec_for(str(tmp_path)))
+    assert plan.rows == 102 and plan.files == 3
+    assert all(s.rows <= 25 for s in plan.shards)
+    by_file: dict[str, list] = {}
+    for s in plan.shards:
+        by_file.setdefault(s.source, []).append((s.start, s.stop))
+        assert s.start in s.group_starts or s.start > s.group_starts[0]
+    assert by_file["f0.parquet"] == [(0, 20), (20, 40), (40, 60)]
+    assert by_file["f1.parquet"] == [(0, 20), (20, 35)]
+    assert [s.index for s in plan.shards] == list(range(len(plan.shards)))
+    again = plan_job(spec_for(str(tmp_path)))
+    assert [s.shard_id for s in again.shards] == [s.shard_id for s in plan.shards]
+    assert len({s.shard_id for s in plan.shards}) == len(plan.shards)
+    assert Plan.from_dict(plan.to_dict()).fingerprint == plan.fingerprint
+
+
+def test_changed_file_changes_ids_and_fingerprint(tmp_path):
+    write(tmp_path / "a.parquet", 30, 10)
+    write(tmp_path / "b.parquet", 30, 10)
+    before = plan_job(spec_for(str(tmp_path)))
+    write(tmp_path / "b.parquet", 31, 10)
+    after = plan_job(spec_for(str(tmp_path)))
+    assert before.shards[0].shard_id == after.shards[0].shard_id  # a.parquet untouched
+    assert before.shards[-1].shard_id != after.shards[-1].shard_id
+    assert before.fingerprint != after.fingerprint
+
+
+def test_glob_and_single_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "sub" / "x.parquet", 5, 5)
+    write(tmp_path / "y.parquet", 5, 5)
+    plan = plan_job(spec_for(str(tmp_path / "**" / "*.parquet")))
+    assert sorted(s.source for s in plan.shards) == ["sub/x.parquet", "y.parquet"]
+    assert [s.source for s in plan_job(spec_for(str(tmp_path / "y.parquet"))).shards] == ["y.parquet"]
+
+
+def test_missing_column_names_file_and_column(tmp_path):
+    write(tmp_path / "a.parquet", 5, 5)
+    pq.write_table(pa.table({"id": ["x"], "body": ["t"]}), str(tmp_path / "b.parquet"))
+    with pytest.raises(PlanError, match=r"input.text_column: column 'text' not found in .*b\.parquet"):
+        plan_job(spec_for(str(tmp_path)))
+    with pytest.raises(PlanError, match=r"input.id_column: column 'key' not found in .*a\.parquet"):
+        plan_job(spec_for(str(tmp_path / "a.parquet"), id_column="key"))
+    with pytest.raises(PlanError, match=r"input.passthrough\[0\]: column 'lang' not found"):
+        plan_job(spec_for(str(tmp_path / "a.parquet"), passthrough=["lang"]))
+
+
+def test_corrupt_and_truncated_files_are_named(tmp_path):
+    good = write(tmp_path / "a.parquet", 50, 10)
+    data = open(good, "rb").read()
+    (tmp_path / "b.parquet").write_bytes(data[: len(data) // 2])
+    with pytest.raises(PlanError, match=r"input .*b\.parquet: not a readable Parquet file"):
+        plan_job(spec_for(str(tmp_path)))
+    (tmp_path / "b.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(PlanError, match=r"b\.parquet: not a readable Parquet file"):
+        plan_job(spec_for(str(tmp_path)))
+
+
+def test_mismatched_types_across_files(tmp_path):
+    write(tmp_path / "a.parquet", 5, 5)
+    pq.write_table(pa.table({"id": [1, 2], "text": ["x", "y"]}), str(tmp_path / "b.parquet"))
+    with pytest.raises(PlanError, match=r"b\.parquet: column types differ"):
+        plan_job(spec_for(str(tmp_path)))
+
+
+def test_missing_input(tmp_path):
+    with pytest.raises(PlanError, match="input.uri: .* does not exist"):
+        plan_job(spec_for(str(tmp_path / "nope.parquet")))
+    with pytest.raises(PlanError, match="input.uri: no Parquet files found"):
+        plan_job(spec_for(str(tmp_path)))
+
+
+def test_hf_save_to_disk_contiguous_ranges(tmp_path):
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"id": [f"r{i}" for i in range(60)], "text": [f"t {i}" for i in range(60)]})
+    ds.save_to_disk(str(tmp_path / "ds"))
+    plan = plan_job(spec_for(str(tmp_path / "ds")))
+    assert plan.kind == "dataset" and [(s.start, s.stop) for s in plan.shards] == [(0, 25), (25, 50), (50, 60)]
+    with pytest.raises(PlanError, match="input.text_column: column 'body' not found"):
+        plan_job(JobSpec.from_dict({"model": "m", "input": {"uri": str(tmp_path / "ds"), "text_column": "body"},
+                                    "output": {"uri": "o"}}))
+
+
+def test_plan_cli_prints_shards_and_estimate(tmp_path, capsys):
+    write(tmp_path / "a.parquet", 40, 10)
+    code = main(["plan", "--model", "m", "--input", str(tmp_path), "--output", "o", "--id-column", "id",
+                 "--rows-per-file", "20"])
+    out = capsys.readouterr().out
+    assert code == 0 and "2 shards, 40 rows in 1 file(s)" in out and "tokens" in out
+    assert main(["plan", "--model", "m", "--input", str(tmp_path), "--output", "o", "--id-column", "nope"]) == 1
+    assert "input.id_column: column 'nope' not found" in capsys.readouterr().err

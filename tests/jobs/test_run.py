@@ -1,0 +1,120 @@
+"""End-to-end jobs on a local Ray: one output row per input row, ids kept, vectors equal to encode()."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import run_job
+from jobs.manifest import OutputConflict
+from jobs.run import JobError
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def texts_for(jobio, n: int, seed: int = 0) -> list[str]:
+    return jobio.corpus(n, seed=seed)
+
+
+def test_parquet_files_with_row_groups(tmp_path, tiny_st_model, oracle, jobio, jobkit):
+    texts = texts_for(jobio, 130)
+    texts[7] = ""  # an empty text is embedded, as sentence-transformers does
+    lang = [["en", "de"][i % 2] for i in range(130)]
+    jobkit.write_files(str(tmp_path / "in"), texts, files=3, row_group_size=10, extra={"lang": lang})
+    out = str(tmp_path / "out")
+    spec = jobkit.job_spec(tiny_st_model, str(tmp_path / "in"), out, input={"passthrough": ["lang"]})
+    summary = run_job(spec, progress=False, keep_warm=True, log_file=str(tmp_path / "log.jsonl"))
+    assert summary["rows_written"] == 130 and summary["embedded"] == 130 and summary["quarantined"] == 0
+
+    records, table = jobkit.read_job(out)
+    assert len(records) == summary["shards"] >= 6
+    assert table.column("id").to_pylist() == [f"doc-{i}" for i in range(130)]
+    assert table.column("lang").to_pylist() == lang
+    got = jobkit.vectors(table)
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), got.shape[1])
+    assert np.abs(got - oracle(texts)).max() <= 1e-4
+    from jobs.fingerprint import text_hash
+
+    assert table.column("text_hash").to_pylist() == [text_hash(t) for t in texts]
+
+    # the output opens as a dataset (underscore paths ignored) and with HF datasets
+    assert pads.dataset(out).to_table().num_rows == 130
+    import datasets
+
+    files = sorted(os.path.join(out, r["file"]) for r in records)
+    hf = datasets.load_dataset("parquet", data_files=files, split="train")
+    assert len(hf) == 130 and len(hf[0]["embedding"]) == got.shape[1]
+
+    job = json.load(open(os.path.join(out, "_job.json")))
+    assert job["model"]["dimension"] == got.shape[1] and job["weights_fingerprint"]
+    assert job["versions"]["pyarrow"] == pa.__version__
+    success = json.load(open(os.path.join(out, "_SUCCESS")))
+    assert success["rows_written"] == 130
+    lines = [json.loads(x) for x in open(tmp_path / "log.jsonl")]
+    assert sum(x["event"] == "shard_committed" for x in lines) == len(records) and lines[-1]["event"] == "job_done"
+
+
+def test_hf_save_to_disk_dataset(tmp_path, tiny_st_model, oracle, jobio, jobkit):
+    import datasets
+
+    texts = texts_for(jobio, 60, seed=1)
+    ds = datasets.Dataset.from_dict({"id": list(range(60)), "text": texts})
+    ds.save_to_disk(str(tmp_path / "ds"))
+    out = str(tmp_path / "out")
+    summary = run_job(jobkit.job_spec(tiny_st_model, str(tmp_path / "ds"), out), progress=False, keep_warm=True)
+    assert summary["rows_written"] == 60
+    _, table = jobkit.read_job(out)
+    assert table.column("id").to_pylist() == list(range(60))
+    assert np.abs(jobkit.vectors(table) - oracle(texts)).max() <= 1e-4
+
+
+def test_settings_and_precision(tmp_path, tiny_st_model, oracle, jobio, jobkit):
+    texts = texts_for(jobio, 40, seed=2)
+    jobkit.write_files(str(tmp_path / "in"), texts, files=1, row_group_size=40)
+    out = str(tmp_path / "out")
+    spec = jobkit.job_spec(tiny_st_model, str(tmp_path / "in"), out, model={"normalize": True, "precision": "ubinary"},
+                           input={"id_column": None})
+    run_job(spec, progress=False, keep_warm=True)
+    _, table = jobkit.read_job(out)
+    assert table.schema.field("embedding").type.value_type == pa.uint8()
+    assert table.column("id").to_pylist()[:2] == ["part-0.parquet:0", "part-0.parquet:1"]  # derived ids
+    want = oracle(texts, normalize_embeddings=True, precision="ubinary")
+    assert np.array_equal(jobkit.vectors(table), want)
+
+
+def test_bad_rows_quarantine_and_fail(tmp_path, tiny_st_model, jobio, jobkit):
+    texts: list = texts_for(jobio, 30, seed=3)
+    texts[4] = None
+    pq.write_table(pa.table({"id": [f"doc-{i}" for i in range(30)], "text": texts}), str(tmp_path / "in.parquet"))
+    out = str(tmp_path / "q")
+    spec = jobkit.job_spec(tiny_st_model, str(tmp_path / "in.parquet"), out, policy={"on_bad_row": "quarantine"})
+    summary = run_job(spec, progress=False, keep_warm=True)
+    assert summary["quarantined"] == 1 and summary["rows_written"] == 29
+    errors = pq.read_table(os.path.join(out, "_errors")).to_pylist()
+    assert errors == [{"id": "doc-4", "file": "in.parquet", "row": 4, "reason": "null text"}]
+    spec = jobkit.job_spec(tiny_st_model, str(tmp_path / "in.parquet"), str(tmp_path / "f"))
+    with pytest.raises(JobError, match=r"shard 0 .*in\.parquet.*row 4: null text"):
+        run_job(spec, progress=False, keep_warm=True)
+
+
+def test_refuses_other_job_unless_overwrite(tmp_path, tiny_st_model, jobio, jobkit):
+    texts = texts_for(jobio, 20, seed=4)
+    jobkit.write_files(str(tmp_path / "in"), texts, files=1, row_group_size=10)
+    out = str(tmp_path / "out")
+    run_job(jobkit.job_spec(tiny_st_model, str(tmp_path / "in"), out), progress=False, keep_warm=True)
+    again = run_job(jobkit.job_spec(tiny_st_model, str(tmp_path / "in"), out), progress=False, keep_warm=True)
+    assert again["skipped_shards"] == again["shards"] and again["tokens"] == 0
+    changed = jobkit.job_spec(tiny_st_model, str(tmp_path / "in"), out, model={"normalize": True})
+    with pytest.raises(OutputConflict, match="embedding settings"):
+        run_job(changed, progress=False, keep_warm=True)
+    jobkit.write_files(str(tmp_path / "in"), texts + ["one more"], files=1, row_group_size=10)
+    with pytest.raises(OutputConflict, match="input plan"):
+        run_job(jobkit.job_spec(tiny_st_model, str(tmp_path / "in"), out), progress=False, keep_warm=True)
+    summary = run_job(changed, progress=False, keep_warm=True, overwrite=True)
+    assert summary["rows_written"] == 21 and summary["skipped_shards"] == 0
