@@ -21,7 +21,8 @@ def start_ray(cpus: int) -> float:
     import ray
 
     t0 = time.perf_counter()
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    # address="local": never join a cluster someone else started on this machine.
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
@@ -59,8 +60,8 @@ def run_ray_st(args: argparse.Namespace) -> dict[str, Any]:
     """ray.data.read_parquet -> map_batches(STEmbedder, concurrency, num_cpus) -> write_parquet, timed end to end."""
     import ray
 
-    cpus = max(2, int(round(args.actors * args.cpus_per_actor)))
-    init_s = start_ray(cpus)
+    # One logical CPU more than the actors take, or the read/write tasks could never be scheduled.
+    init_s = start_ray(int(round(args.actors * args.cpus_per_actor)) + 1)
     info_dir = os.path.join(args.out, "actors")
     os.makedirs(info_dir, exist_ok=True)
     out_dir = os.path.join(args.out, "vectors")
@@ -70,7 +71,7 @@ def run_ray_st(args: argparse.Namespace) -> dict[str, Any]:
     ds = ds.map_batches(
         STEmbedder,
         fn_constructor_kwargs={"path": model_path(), "set_threads": threads, "info_dir": info_dir},
-        concurrency=args.actors,
+        compute=ray.data.ActorPoolStrategy(size=args.actors),
         num_cpus=args.cpus_per_actor,
         batch_size=args.rows_per_batch,
     )

@@ -95,9 +95,24 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
 TRANSIENT: tuple[type[BaseException], ...] = _transient_errors()
 
 
+# pyarrow reports corrupt Parquet (bad page header, failed decompression) as a plain OSError; the bytes
+# will be just as corrupt on the next read, so these messages mark an OSError as permanent.
+CORRUPT_DATA_MARKERS = (
+    "Couldn't deserialize thrift",
+    "decompression failed",
+    "Corrupt",
+    "corrupt",
+    "magic bytes not found",
+    "Unexpected end of stream",
+)
+
+
 def is_transient(error: BaseException, retry_on: tuple[type[BaseException], ...] = TRANSIENT) -> bool:
     """Whether `error` is worth another attempt: one of `retry_on` and not a permanent kind."""
-    return isinstance(error, retry_on) and not isinstance(error, PERMANENT)
+    if not isinstance(error, retry_on) or isinstance(error, PERMANENT):
+        return False
+    message = str(error)
+    return not any(marker in message for marker in CORRUPT_DATA_MARKERS)
 
 
 def call_with_retries(

@@ -20,8 +20,10 @@ from jobs.progress import Progress, format_summary
 from jobs.redact import redact, register_secrets_in
 from jobs.retry import RetryPolicy
 from jobs.spec import JobSpec, SpecError
+from jobs.worker import LOADING_FIELDS
 
 ACTOR_RESTARTS = 3
+PROBE_INTERVAL_S = 0.5
 _PACKAGES = ("embedjob", "torch", "transformers", "tokenizers", "ray", "pyarrow", "datasets", "fsspec", "numpy")
 
 
@@ -130,7 +132,9 @@ class _Slot:
 
     actor: Any
     in_flight: int = 0
-    deaths: int = 0
+    recovering: bool = False  # died; gets no shards until a probe answers
+    probe: Any = None
+    probe_at: float = 0.0
 
 
 class ReplicaPool:
@@ -171,7 +175,7 @@ class ReplicaPool:
         import ray
 
         ray.kill(slot.actor, no_restart=True)
-        slot.actor, slot.deaths = self._new(), 0
+        slot.actor = self._new()
 
     def shutdown(self) -> None:
         """Kill every replica (frees their CPUs/GPUs for the rest of the cluster)."""
@@ -190,7 +194,8 @@ def _pool_key(spec: JobSpec) -> str:
 
     c = spec.compute
     resources = (c.replicas, c.gpus_per_replica, c.cpus_per_replica, c.device)
-    return digest(ray.get_runtime_context().get_job_id(), spec.to_dict()["model"], resources, fault_env())
+    loading = {k: v for k, v in spec.to_dict()["model"].items() if k in LOADING_FIELDS}
+    return digest(ray.get_runtime_context().get_job_id(), loading, resources, fault_env())
 
 
 def _get_pool(spec: JobSpec, max_replicas: int, keep_warm: bool) -> ReplicaPool:
@@ -198,6 +203,8 @@ def _get_pool(spec: JobSpec, max_replicas: int, keep_warm: bool) -> ReplicaPool:
         pool = _WARM.pop(_pool_key(spec), None)
         if pool is not None:
             return pool
+    # At most one pool is kept warm: others would hold the CPUs/GPUs the new one needs.
+    shutdown_warm()
     return ReplicaPool(spec, max_replicas)
 
 
@@ -246,7 +253,7 @@ def run_job(
         committed = set() if overwrite else store.committed_ids()
         todo = [s for s in plan.shards if s.shard_id not in committed]
         pool = _get_pool(spec, max(1, len(todo)), keep_warm and not started_ray)
-        info = ray.get(pool.slots[0].actor.info.remote())
+        info = ray.get(pool.slots[0].actor.info.remote(spec.to_dict()))
         job = job_metadata(spec, plan, info)
         if overwrite:
             store.clear()
@@ -282,7 +289,7 @@ def run_job(
         if bar is not None:
             bar.close()
         if pool is not None:
-            pool.shutdown()
+            _release_pool(pool, spec, keep_warm and not started_ray)
         if started_ray:
             ray.shutdown()
 
@@ -295,26 +302,51 @@ def _has_data(store: OutputStore) -> bool:
 
 
 def _dispatch(pool: ReplicaPool, todo: list[Shard], spec: JobSpec, bar: Progress, previous: PreviousOutput | None) -> None:
-    """Keep every replica busy (a bounded number of shards in flight each) until all shards are committed."""
+    """Keep every healthy replica busy (a bounded number of shards in flight each) until all shards are committed.
+
+    A replica that dies is probed until it answers again (Ray restarts it) or is replaced when its restarts
+    are used up; its shards go back to the queue, so every shard is committed exactly once.
+    """
     import ray
-    from ray.exceptions import ObjectLostError, RayActorError, RayTaskError, WorkerCrashedError
+    from ray.exceptions import ActorDiedError, ObjectLostError, RayActorError, RayTaskError, WorkerCrashedError
 
     pending = collections.deque(todo)
     attempts: collections.Counter[str] = collections.Counter()
     in_flight: dict[Any, tuple[Shard, _Slot]] = {}
+    probes: dict[Any, _Slot] = {}
     depth = spec.compute.in_flight_per_replica
     job_spec = spec.to_dict()
     while pending or in_flight:
+        now = time.monotonic()
         for slot in pool.slots:
-            while pending and slot.in_flight < depth:
+            if slot.recovering and slot.probe is None and now >= slot.probe_at:
+                slot.probe = slot.actor.ready.remote()
+                probes[slot.probe] = slot
+            while not slot.recovering and pending and slot.in_flight < depth:
                 shard = pending.popleft()
                 attempts[shard.shard_id] += 1
                 task = {"spec": job_spec, "shard": shard.to_dict(),
                         "previous": previous.task_for(shard.source) if previous else None}
                 in_flight[slot.actor.process.remote(task)] = (shard, slot)
                 slot.in_flight += 1
-        ready, _ = ray.wait(list(in_flight), num_returns=1)
+        waiting = list(in_flight) + list(probes)
+        if not waiting:
+            time.sleep(PROBE_INTERVAL_S)
+            continue
+        ready, _ = ray.wait(waiting, num_returns=1, timeout=PROBE_INTERVAL_S)
         for ref in ready:
+            if ref in probes:
+                slot = probes.pop(ref)
+                slot.probe = None
+                try:
+                    ray.get(ref)
+                    slot.recovering = False
+                except ActorDiedError:
+                    pool.replace(slot)  # restarts used up: a fresh actor, probed like a restarted one
+                    slot.probe_at = time.monotonic()
+                except RayActorError:
+                    slot.probe_at = time.monotonic() + PROBE_INTERVAL_S  # still restarting
+                continue
             shard, slot = in_flight.pop(ref)
             slot.in_flight -= 1
             try:
@@ -328,9 +360,8 @@ def _dispatch(pool: ReplicaPool, todo: list[Shard], spec: JobSpec, bar: Progress
                 bar.event("shard_retry", shard_id=shard.shard_id, index=shard.index, attempt=attempts[shard.shard_id],
                           error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
                 pending.appendleft(shard)
-                slot.deaths += 1
-                if slot.deaths > ACTOR_RESTARTS and slot.in_flight == 0:
-                    pool.replace(slot)
+                if not slot.recovering:
+                    slot.recovering, slot.probe_at = True, time.monotonic()
                 continue
             except RayTaskError as e:
                 cause = e.cause if getattr(e, "cause", None) is not None else e

@@ -28,14 +28,12 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-EXIT_SUCCEEDED, EXIT_FAILED, EXIT_STOPPED, EXIT_NOT_FINISHED, EXIT_UNREACHABLE, EXIT_INTERRUPTED = (
-    0,
-    1,
-    3,
-    4,
-    5,
-    130,
-)
+EXIT_SUCCEEDED = 0
+EXIT_FAILED = 1
+EXIT_STOPPED = 3
+EXIT_NOT_FINISHED = 4
+EXIT_UNREACHABLE = 5
+EXIT_INTERRUPTED = 130
 STATUS_EXIT = {"SUCCEEDED": EXIT_SUCCEEDED, "FAILED": EXIT_FAILED, "STOPPED": EXIT_STOPPED}
 JOB_FILE_NAME = "job.yaml"  # the name the job file gets in the uploaded working_dir
 PACKAGES = ("embedder", "jobs")
@@ -361,7 +359,7 @@ def nightly_rayjob(template: dict[str, Any], prefix_uri: str, now: dt.datetime, 
     except (KeyError, TypeError):
         raise SubmitError("template: needs metadata.name and spec.entrypoint (a RayJob)") from None
     for flag in ("--output", "--previous"):
-        if flag in argv:
+        if any(a == flag or a.startswith(f"{flag}=") for a in argv):
             raise SubmitError(f"template spec.entrypoint: {flag} is set per run; remove it from the template")
     argv += ["--output", f"{prefix_uri.rstrip('/')}/{stamp}"]
     if previous:

@@ -22,6 +22,8 @@ from jobs.rows import BadRowsError, check_ids, check_texts, default_max_chars, m
 from jobs.spec import JobSpec, resolve_model_name
 from jobs.write import parquet_bytes, shard_table, write_atomic
 
+# The model fields that decide what an actor loads; the rest of a spec may change from task to task.
+LOADING_FIELDS = ("name", "revision", "model_kwargs", "max_seq_length", "trust_remote_code", "allow_pickle")
 PREFETCH = 2  # batches read ahead of the forward pass
 BATCHES_PER_READ = 8  # encode() length-sorts within a call, so bigger calls pad less
 
@@ -54,8 +56,9 @@ class ShardWorker:
         )
         if m.max_seq_length:
             self.model.max_seq_length = m.max_seq_length
-        self._info: dict[str, Any] | None = None
+        self._info: dict[str, dict[str, Any]] = {}
         self._job_key = ""
+        self._weights = ""
         self._use(spec)
 
     def _use(self, spec: dict[str, Any]) -> None:
@@ -69,14 +72,18 @@ class ShardWorker:
         self.max_chars = self.spec.policy.max_text_chars or default_max_chars(getattr(self.model, "max_seq_length", None))
         self._job_key = key
 
-    def info(self) -> dict[str, Any]:
-        """What _job.json records about the model: fingerprints, dimension, dtype, pooling, limits."""
-        if self._info is None:
+    def info(self, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What _job.json records about the model under `spec`: fingerprints, dimension, dtype, pooling, limits."""
+        if spec is not None:
+            self._use(spec)
+        model_spec = self.spec.to_dict()["model"]
+        key = digest(model_spec)
+        if key not in self._info:
             probe = self._encode(["probe"])
             describe = self.model.describe() if hasattr(self.model, "describe") else {}
-            weights = weights_fingerprint(str(self.model.model_path))
-            model_spec = self.spec.to_dict()["model"]
-            self._info = {
+            weights = self._weights or weights_fingerprint(str(self.model.model_path))
+            self._weights = weights
+            self._info[key] = {
                 "model_path": str(self.model.model_path),
                 "weights_fingerprint": weights,
                 "settings_fingerprint": settings_fingerprint(weights, model_spec, describe),
@@ -87,7 +94,11 @@ class ShardWorker:
                 "similarity_fn_name": getattr(self.model, "similarity_fn_name", None),
                 "describe": describe,
             }
-        return self._info
+        return self._info[key]
+
+    def ready(self) -> bool:
+        """A cheap call the driver uses to learn that a (re)started replica is up."""
+        return True
 
     def stats(self) -> dict[str, int]:
         """The model's running counters (texts, tokens, padded tokens)."""

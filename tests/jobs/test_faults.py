@@ -119,7 +119,9 @@ def _local_input(tmp_path, jobio, rows: int = N_ROWS, files: int = 2) -> tuple[s
         texts = jobio.corpus(per, seed=k, prefix=f"f{k} ")
         ids = [f"doc-{k}-{i}" for i in range(per)]
         expected.update(zip(ids, texts, strict=True))
-        pq.write_table(pa.table({"id": ids, "text": texts}), str(folder / f"part-{k}.parquet"), row_group_size=10)
+        pq.write_table(
+            pa.table({"id": ids, "text": texts}), str(folder / f"part-{k}.parquet"), row_group_size=10
+        )
     return str(folder), expected
 
 
@@ -181,14 +183,18 @@ def test_transient_storage_errors_are_retried(s3_server, jobio, tiny_st_model, r
         {"point": "storage.write", "match": "part-00001-", "times": 2, "action": "raise"},
         {"point": "storage.read", "match": "part-1.parquet", "times": 1, "action": "raise"},
     )
-    summary = run_job(_spec(tiny_st_model, inp, out, storage_options=s3_server.storage_options), progress=False)
+    summary = run_job(
+        _spec(tiny_st_model, inp, out, storage_options=s3_server.storage_options), progress=False
+    )
     assert fired(0) == 2 and fired(1) == 1
     assert summary["rows_written"] == N_ROWS
     _assert_exactly_once(s3_server.fs(), out, expected, tiny_st_model, jobio)
 
 
 @pytest.mark.slow
-def test_persistent_storage_error_stops_the_job_naming_shard_and_object(s3_server, jobio, tiny_st_model, ray_local, rules):
+def test_persistent_storage_error_stops_the_job_naming_shard_and_object(
+    s3_server, jobio, tiny_st_model, ray_local, rules
+):
     """Every write of shard 1's data object fails: the job stops naming it; committed shards stay valid."""
     from jobs.run import JobError, run_job
 
@@ -226,10 +232,31 @@ def test_driver_killed_then_rerun_resumes_on_s3(s3_server, jobio, tiny_st_model,
     env = {**os.environ, **s3_server.env, "PYTHONPATH": os.getcwd()}
     env[faults.ENV_RULES] = json.dumps([{"point": "worker.batch", "action": "sleep", "seconds": 0.4}])
     env.pop(faults.ENV_STATE, None)
-    cmd = [sys.executable, "-m", "jobs.cli", "run", "--model", tiny_st_model, "--input", inp, "--output", out,
-           "--id-column", "id", "--rows-per-file", "20", "--replicas", "1", "--batch-size", "4", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "run",
+        "--model",
+        tiny_st_model,
+        "--input",
+        inp,
+        "--output",
+        out,
+        "--id-column",
+        "id",
+        "--rows-per-file",
+        "20",
+        "--replicas",
+        "1",
+        "--batch-size",
+        "4",
+        "--no-progress",
+    ]
     fs = s3_server.fs()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -250,7 +277,13 @@ def test_driver_killed_then_rerun_resumes_on_s3(s3_server, jobio, tiny_st_model,
     assert 1 <= committed < 3 and not fs.exists(f"{out}/_SUCCESS")
 
     env.pop(faults.ENV_RULES)
-    rerun = subprocess.run(cmd + ["--log-file", str(tmp_path / "log.jsonl")], env=env, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(
+        cmd + ["--log-file", str(tmp_path / "log.jsonl")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     started = [e for e in _events(tmp_path / "log.jsonl") if e["event"] == "job_started"][0]
     assert started["resumed_shards"] >= committed
@@ -270,7 +303,9 @@ def _s3_input(s3_server, jobio) -> tuple[str, dict[str, str]]:
         texts = jobio.corpus(per, seed=k, prefix=f"f{k} ")
         ids = [f"doc-{k}-{i}" for i in range(per)]
         expected.update(zip(ids, texts, strict=True))
-        jobio.write_parquet(fs, f"{base}/part-{k}.parquet", pa.table({"id": ids, "text": texts}), row_group_size=10)
+        jobio.write_parquet(
+            fs, f"{base}/part-{k}.parquet", pa.table({"id": ids, "text": texts}), row_group_size=10
+        )
     return base, expected
 
 
@@ -317,7 +352,11 @@ def test_node_lost_mid_job(tmp_path, jobio, tiny_st_model, rules):
             if os.path.isdir(os.path.join(out, "_manifest")) and os.listdir(os.path.join(out, "_manifest")):
                 from ray.util.state import list_actors
 
-                nodes = {a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")]) if "ShardWorker" in a.class_name}
+                nodes = {
+                    a.node_id
+                    for a in list_actors(address=cluster.address, filters=[("state", "=", "ALIVE")])
+                    if "ShardWorker" in a.class_name
+                }
                 victim = next((w for w in workers if w.node_id in nodes), None)
             time.sleep(0.1)
         assert victim is not None, result

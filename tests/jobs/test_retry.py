@@ -110,3 +110,24 @@ def test_each_retry_is_logged_without_secrets(caplog):
 def test_policy_is_validated(kwargs):
     with pytest.raises(ValueError, match="RetryPolicy"):
         RetryPolicy(**kwargs)
+
+
+def test_corrupt_parquet_errors_are_not_retried():
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"t": [f"text {i} " * 5 for i in range(100)]}), buf, compression="zstd")
+    data = bytearray(buf.getvalue())
+    data[200:240] = b"\0" * 40
+    calls = []
+
+    def read():
+        calls.append(1)
+        return pq.ParquetFile(io.BytesIO(bytes(data))).read()
+
+    with pytest.raises(OSError, match="thrift|decompression"):
+        call_with_retries(read, what="x", policy=RetryPolicy(attempts=5), sleep=no_sleep)
+    assert len(calls) == 1

@@ -91,7 +91,9 @@ def _s3_input(s3_server, jobio, n_files: int = 2, rows: int = 30) -> tuple[str, 
         texts = jobio.corpus(rows, seed=k, prefix=f"f{k} ")
         ids = [f"doc-{k}-{i}" for i in range(rows)]
         expected.update(zip(ids, texts, strict=True))
-        jobio.write_parquet(fs, f"{base}/part-{k}.parquet", pa.table({"id": ids, "text": texts}), row_group_size=10)
+        jobio.write_parquet(
+            fs, f"{base}/part-{k}.parquet", pa.table({"id": ids, "text": texts}), row_group_size=10
+        )
     return base, expected
 
 

@@ -147,6 +147,47 @@ def test_cli_parses_submit_flags() -> None:
     assert (args.previous, args.overwrite, args.output) == ("s3://b/prev", True, None)
 
 
+class FakeClient:
+    """Stands in for JobSubmissionClient: a log stream (or a broken one) and a status sequence."""
+
+    def __init__(self, chunks: list[str], statuses: list[str], message: str = "", broken: bool = False):
+        self.chunks, self.statuses, self.message, self.broken = chunks, statuses, message, broken
+
+    async def tail_job_logs(self, job_id: str):
+        for chunk in self.chunks:
+            yield chunk
+        if self.broken:
+            raise RuntimeError("WebSocket connection closed unexpectedly with close code 1006")
+
+    def get_job_status(self, job_id: str) -> str:
+        return self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+
+    def get_job_info(self, job_id: str) -> argparse.Namespace:
+        return argparse.Namespace(status=self.statuses[-1], message=self.message)
+
+
+def test_follow_streams_logs_and_returns_the_outcome(capsys: pytest.CaptureFixture[str]) -> None:
+    client = FakeClient(["line 1\n", "line 2\n"], ["RUNNING", "SUCCEEDED"])
+    assert submit.follow(client, "j1") == 0
+    out = capsys.readouterr()
+    assert out.out == "line 1\nline 2\n" and "job j1: SUCCEEDED" in out.err
+    failed = FakeClient(
+        [], ["FAILED"], message="Job entrypoint command failed with exit code 1, last logs:\nboom"
+    )
+    assert submit.follow(failed, "j2") == 1
+    assert (
+        "job j2: FAILED (Job entrypoint command failed with exit code 1, last logs:)"
+        in capsys.readouterr().err
+    )
+
+
+def test_follow_survives_a_broken_log_stream(monkeypatch, capsys: pytest.CaptureFixture[str]) -> None:
+    client = FakeClient(["partial\n"], ["RUNNING", "RUNNING", "STOPPED"], broken=True)
+    monkeypatch.setattr(submit.time, "sleep", lambda s: None)
+    assert submit.follow(client, "j3") == 3
+    assert "log stream for j3 broke" in capsys.readouterr().err
+
+
 def test_status_of_unreachable_cluster_is_exit_5(capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -222,32 +263,38 @@ def test_nightly_rayjob_points_previous_at_last_good_run() -> None:
     bad = {**TEMPLATE, "spec": {"entrypoint": "embedjob run j.yaml --output s3://x"}}
     with pytest.raises(submit.SubmitError, match="--output is set per run"):
         submit.nightly_rayjob(bad, "s3://b/n", now, None)
+    bad = {**TEMPLATE, "spec": {"entrypoint": "embedjob run j.yaml --previous=s3://x"}}
+    with pytest.raises(submit.SubmitError, match="--previous is set per run"):
+        submit.nightly_rayjob(bad, "s3://b/n", now, None)
 
 
-def test_nightly_main_prints_rayjob_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_nightly_command_prints_rayjob_yaml(tmp_path: Path) -> None:
+    """What the CronJob runs: `python -m jobs.submit nightly-rayjob ...` prints the RayJob on stdout."""
     template = tmp_path / "t.yaml"
     template.write_text(yaml.safe_dump(TEMPLATE))
     runs = tmp_path / "runs"
     _run(runs, "20261124T020000Z", True)
-    rc = submit.main(
-        [
-            "nightly-rayjob",
-            "--template",
-            str(template),
-            "--prefix",
-            str(runs),
-            "--now",
-            "2026-11-25T02:00:00+00:00",
-        ]
-    )
-    assert rc == 0
-    doc = yaml.safe_load(capsys.readouterr().out)
-    assert shlex.split(doc["spec"]["entrypoint"])[-4:] == [
-        "--output",
-        f"{runs}/20261125T020000Z",
-        "--previous",
-        f"{runs}/20261124T020000Z",
+    argv = [
+        "nightly-rayjob",
+        "--template",
+        str(template),
+        "--prefix",
+        str(runs),
+        "--now",
+        "2026-11-25T02:00:00",
     ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.submit", *argv], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = yaml.safe_load(proc.stdout)
+    assert shlex.split(doc["spec"]["entrypoint"])[-4:] == [
+        "--output", f"{runs}/20261125T020000Z", "--previous", f"{runs}/20261124T020000Z"]  # fmt: skip
+    assert f"previous successful run: {runs}/20261124T020000Z" in proc.stderr
+    full = subprocess.run(
+        [sys.executable, "-m", "jobs.submit", *argv, "--full"], capture_output=True, text=True
+    )
+    assert "--previous" not in yaml.safe_load(full.stdout)["spec"]["entrypoint"]
 
 
 # ---------------------------------------------------------------- a real local Ray head
@@ -285,6 +332,16 @@ def _pids_with_marker(marker: str) -> list[int]:
         except OSError:
             continue
     return pids
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the test process dies, even by SIGKILL (Linux prctl)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _stop_head(proc: subprocess.Popen, marker: str) -> None:
@@ -327,6 +384,7 @@ def ray_head() -> Iterator[RayHead]:
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": token,
             "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",  # SIGTERM: stop now, no 30 s drain
             "PATH": BIN + os.pathsep + env.get("PATH", ""),  # the job's `python` is this venv's
             "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
@@ -351,7 +409,13 @@ def ray_head() -> Iterator[RayHead]:
     log = os.path.join(temp_dir, "ray-start.log")
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(
-            cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=temp_dir, start_new_session=True
+            cmd,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=temp_dir,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
     address = f"http://127.0.0.1:{dash_port}"
     client_env = {"RAY_AUTH_TOKEN": token, "HOME": temp_dir}
