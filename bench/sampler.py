@@ -76,11 +76,12 @@ class TreeSampler:
                 with p.oneshot():
                     rss = p.memory_info().rss
                     t = p.cpu_times()
+                    title = process_title(p)
                     rec = self.procs.get(p.pid)
                     if rec is None:
-                        rec = self.procs[p.pid] = ProcRecord(p.pid, process_title(p))
-                    elif rec.name.startswith("ray::IDLE") or rec.name == "python":
-                        rec.name = process_title(p)  # Ray renames a worker once it hosts an actor
+                        rec = self.procs[p.pid] = ProcRecord(p.pid, title)
+                    elif title.startswith("ray::") and not title.startswith("ray::IDLE"):
+                        rec.name = title  # Ray retitles a worker once it hosts an actor
                     rec.peak_rss = max(rec.peak_rss, rss)
                     rec.cpu_s = max(rec.cpu_s, t.user + t.system)
             except psutil.Error:

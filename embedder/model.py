@@ -15,7 +15,13 @@ import transformers
 from embedder import batching, hub
 from embedder.modules import LoadOptions, Module, module_class, type_name_for
 from embedder.quantize import Precision, check_precision, quantize_embeddings
-from embedder.similarity import SimilarityName, check_similarity_name, pairwise, similarity_fn
+from embedder.similarity import (
+    SIMILARITY_NAMES,
+    SimilarityName,
+    check_similarity_name,
+    pairwise,
+    similarity_fn,
+)
 
 __version__ = "0.1.0"
 MODULES_FILE = "modules.json"
@@ -55,7 +61,7 @@ class EmbeddingModel(torch.nn.Sequential):
             config_kwargs=dict(config_kwargs or {}),
         )
         saved: dict[str, Any] = {}
-        self_module_kwargs: dict[str, Any] = {}
+        module_kwargs: dict[str, Any] = {}
         model_path = None
         if model_name_or_path is not None:
             model_path = hub.resolve_model_path(
@@ -66,7 +72,7 @@ class EmbeddingModel(torch.nn.Sequential):
                 local_files_only=local_files_only,
                 allow_pickle=allow_pickle,
             )
-            loaded, saved, self_module_kwargs = load_pipeline(model_path, options)
+            loaded, saved, module_kwargs = load_pipeline(model_path, options)
         elif modules is not None:
             loaded = OrderedDict((str(i), m) for i, m in enumerate(modules))
         else:
@@ -75,7 +81,7 @@ class EmbeddingModel(torch.nn.Sequential):
             raise ValueError("EmbeddingModel needs at least one module")
         super().__init__(loaded)
         self.model_path = model_path
-        self.module_kwargs = self_module_kwargs
+        self.module_kwargs = module_kwargs
         self.options = options
         self.prompts = {**DEFAULT_PROMPTS, **(saved.get("prompts") or {}), **(prompts or {})}
         self.prompts = {k: ("" if v is None else v) for k, v in self.prompts.items()}
@@ -86,7 +92,10 @@ class EmbeddingModel(torch.nn.Sequential):
             )
         self.truncate_dim = truncate_dim if truncate_dim is not None else saved.get("truncate_dim")
         self._similarity_fn_name: str | None = None
-        self.similarity_fn_name = similarity_fn_name or saved.get("similarity_fn_name") or "cosine"
+        saved_fn = saved.get("similarity_fn_name")
+        # A multi-vector save may name e.g. "maxsim": sentence-transformers ignores it for dense models, so do we.
+        saved_fn = saved_fn if saved_fn in SIMILARITY_NAMES or saved_fn == "dot_product" else None
+        self.similarity_fn_name = similarity_fn_name or saved_fn or "cosine"
         self.stats = {"texts": 0, "tokens": 0, "padded_tokens": 0}
 
         if device is None:
@@ -183,9 +192,10 @@ class EmbeddingModel(torch.nn.Sequential):
     ) -> np.ndarray | torch.Tensor | list[torch.Tensor]:
         """Embed `inputs` (a string -> 1-D vector, a list -> (n, dim)) in input order.
 
-        Inputs are sorted by token length (longest first) and cut into batches of `batch_size`, or into
-        batches of at most `max_batch_tokens` padded tokens; each batch is padded only to its own longest
-        text. `truncate_dim` applies before `normalize_embeddings`, quantisation (`precision`) after both.
+        Inputs are sorted longest first and cut into batches of `batch_size` (sorted by characters, as
+        sentence-transformers does), or by token count into batches of at most `max_batch_tokens` padded
+        tokens; each batch is padded only to its own longest text. `truncate_dim` applies before
+        `normalize_embeddings`, quantisation (`precision`) after both, over the whole call's vectors.
         """
         check_precision(precision)
         if batch_size <= 0:

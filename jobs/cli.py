@@ -47,8 +47,13 @@ def _add_spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device")
     p.add_argument("--precision")
     p.add_argument("--on-bad-row")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="any spec field, e.g. --set model.normalize=true (value parsed as YAML)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="any spec field, e.g. --set model.normalize=true (value parsed as YAML)",
+    )
 
 
 def load_spec(args: argparse.Namespace) -> JobSpec:
@@ -70,19 +75,27 @@ def load_spec(args: argparse.Namespace) -> JobSpec:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `embedjob`."""
-    parser = argparse.ArgumentParser(prog="embedjob", description="Batch-embed Parquet or HF datasets on Ray.")
+    parser = argparse.ArgumentParser(
+        prog="embedjob", description="Batch-embed Parquet or HF datasets on Ray."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a job (resumes into an existing output of the same job)")
     _add_spec_flags(run)
-    run.add_argument("--overwrite", action="store_true", help="delete whatever the output holds and start again")
+    run.add_argument(
+        "--overwrite", action="store_true", help="delete whatever the output holds and start again"
+    )
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     run.add_argument("--log-file", help="write the JSON log lines here instead of stderr")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     plan = sub.add_parser("plan", help="list the input, validate it and print the shards and estimates")
     _add_spec_flags(plan)
-    plan.add_argument("--calibrate", action="store_true", help="time the model on a sample to estimate the run time")
+    plan.add_argument(
+        "--calibrate", action="store_true", help="time the model on a sample to estimate the run time"
+    )
     plan.add_argument("--json", action="store_true", help="print the whole plan as JSON")
-    status = sub.add_parser("status", help="a submitted job's status (--job-id) or an output's progress (--output)")
+    status = sub.add_parser(
+        "status", help="a submitted job's status (--job-id) or an output's progress (--output)"
+    )
     status.add_argument("--job-id")
     status.add_argument("--address")
     status.add_argument("--output", help="output URI to report committed shards of")
@@ -99,10 +112,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from jobs.run import print_summary, run_job
 
     spec = load_spec(args)
-    summary = run_job(spec, overwrite=args.overwrite, address=args.address, progress=not args.no_progress,
-                      log_file=args.log_file)
+    summary = run_job(
+        spec,
+        overwrite=args.overwrite,
+        address=args.address,
+        progress=not args.no_progress,
+        log_file=args.log_file,
+    )
     print_summary(summary)
-    return 0
+    # 3: finished, but some rows were quarantined (see OUT/_errors/); scripts can tell that from a clean run.
+    return 3 if summary.get("quarantined") else 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -119,23 +138,31 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 0
     for s in plan.shards:
         print(f"{s.index:5d}  {s.shard_id}  {s.source}  rows {s.start}-{s.stop} ({s.rows})")
-    print(f"{info['shards']} shards, {info['rows']:,} rows in {info['files']} file(s); "
-          f"~{info['est_tokens']:,} tokens (avg {info['avg_chars']} chars/row, chars/4)")
+    print(
+        f"{info['shards']} shards, {info['rows']:,} rows in {info['files']} file(s); "
+        f"~{info['est_tokens']:,} tokens (avg {info['avg_chars']} chars/row, chars/4)"
+    )
     if "est_seconds" in info:
-        print(f"estimated time on one replica: {info['est_seconds']:,.0f} s at {info['tokens_per_s']:,.0f} tokens/s "
-              f"(divide by the number of replicas)")
+        print(
+            f"estimated time on one replica: {info['est_seconds']:,.0f} s at {info['tokens_per_s']:,.0f} tokens/s "
+            f"(divide by the number of replicas)"
+        )
     return 0
 
 
 def _calibrate(spec: JobSpec, texts: list[str]) -> float | None:
     """Tokens/s of one in-process replica on a sample of the input."""
     from embedder import EmbeddingModel
-
     from jobs.spec import resolve_model_name
 
     m = spec.model
-    model = EmbeddingModel(resolve_model_name(m.name), revision=m.revision, trust_remote_code=m.trust_remote_code,
-                           allow_pickle=m.allow_pickle, model_kwargs=m.model_kwargs or None)
+    model = EmbeddingModel(
+        resolve_model_name(m.name),
+        revision=m.revision,
+        trust_remote_code=m.trust_remote_code,
+        allow_pickle=m.allow_pickle,
+        model_kwargs=m.model_kwargs or None,
+    )
     model.encode(texts[:8], batch_size=spec.compute.batch_size)
     before = model.stats["tokens"]
     t0 = time.perf_counter()
@@ -162,9 +189,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     records = store.records()
     success = store.read_json(SUCCESS_FILE)
     total = len(plan["shards"]) if plan else None
-    print(json.dumps({"output": args.output, "shards_committed": len(records), "shards_total": total,
-                      "rows_written": sum(r["rows"] for r in records), "complete": success is not None,
-                      "success": success}, indent=2))
+    print(
+        json.dumps(
+            {
+                "output": args.output,
+                "shards_committed": len(records),
+                "shards_total": total,
+                "rows_written": sum(r["rows"] for r in records),
+                "complete": success is not None,
+                "success": success,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

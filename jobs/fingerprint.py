@@ -53,7 +53,9 @@ def weights_fingerprint(folder: str) -> str:
 
 def settings_fingerprint(weights: str, model_spec: dict[str, Any], describe: Any) -> str:
     """Hash of everything that changes a vector: weights, pipeline, prompt, normalisation, precision, length."""
-    affecting = {k: v for k, v in model_spec.items() if k not in ("name", "trust_remote_code", "allow_pickle")}
+    affecting = {
+        k: v for k, v in model_spec.items() if k not in ("name", "trust_remote_code", "allow_pickle")
+    }
     # Where the folder sits and which device ran it do not change what a vector means.
     pipeline = {k: v for k, v in (describe or {}).items() if k not in ("model_path", "device")}
     return digest(weights, affecting, pipeline, size=16)

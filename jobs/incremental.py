@@ -29,7 +29,9 @@ class PreviousOutput:
         self.store = OutputStore(uri, storage_options, policy)
         self.job = self.store.read_json(JOB_FILE)
         if self.job is None:
-            raise FileNotFoundError(f"previous: {uri} holds no {JOB_FILE}; is it the output of an embedjob run?")
+            raise FileNotFoundError(
+                f"previous: {uri} holds no {JOB_FILE}; is it the output of an embedjob run?"
+            )
         self.records = self.store.records()
         self.by_source: dict[str, list[str]] = {}
         for r in self.records:
@@ -61,7 +63,9 @@ class PreviousLookup:
         self.index: dict[Any, tuple[int, int, str]] = {}
         for n, part in enumerate(parts):
             table = self._read(part, ["id", "text_hash"])
-            for row, (i, h) in enumerate(zip(table.column("id").to_pylist(), table.column("text_hash").to_pylist())):
+            for row, (i, h) in enumerate(
+                zip(table.column("id").to_pylist(), table.column("text_hash").to_pylist(), strict=True)
+            ):
                 self.index[i] = (n, row, h)
 
     def _read(self, part: str, columns: list[str]) -> pa.Table:
@@ -76,7 +80,7 @@ class PreviousLookup:
     def match(self, ids: list[Any], hashes: list[str]) -> dict[int, tuple[int, int]]:
         """{position: (part, row)} for the rows whose id exists in the previous output with the same text hash."""
         out = {}
-        for k, (i, h) in enumerate(zip(ids, hashes)):
+        for k, (i, h) in enumerate(zip(ids, hashes, strict=True)):
             hit = self.index.get(i)
             if hit is not None and hit[2] == h:
                 out[k] = (hit[0], hit[1])
@@ -91,9 +95,11 @@ class PreviousLookup:
             column = self._read(self.parts[part], ["embedding"]).column("embedding").combine_chunks()
             width = column.type.list_size
             if width != into.shape[1]:
-                raise ValueError(f"previous {self.parts[part]}: embedding width {width} != this job's {into.shape[1]}")
+                raise ValueError(
+                    f"previous {self.parts[part]}: embedding width {width} != this job's {into.shape[1]}"
+                )
             values = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
-            targets, rows = zip(*pairs)
+            targets, rows = zip(*pairs, strict=True)
             into[list(targets)] = values[list(rows)]
 
 
@@ -116,7 +122,9 @@ def _bucket(ids: pa.Array, buckets: int, b: int) -> pa.Array:
     return ids.filter(pa.array(h % buckets == b))
 
 
-def find_deleted(previous: PreviousOutput, current: OutputStore, records: list[dict[str, Any]], compression: str) -> int:
+def find_deleted(
+    previous: PreviousOutput, current: OutputStore, records: list[dict[str, Any]], compression: str
+) -> int:
     """Write the ids in `previous` that the current output lacks to _deleted/; returns how many there are.
 
     Bounded memory: ids are split into hash buckets and each bucket is diffed on its own.
@@ -135,6 +143,12 @@ def find_deleted(previous: PreviousOutput, current: OutputStore, records: list[d
             gone.append(ids.filter(mask))
         gone_ids = pa.concat_arrays(gone) if gone else pa.array([], pa.string())
         total += len(gone_ids)
-        write_atomic(current.fs, current.root, posixpath.join(DELETED_DIR, f"deleted-{b:05d}.parquet"),
-                     parquet_bytes(pa.table({"id": gone_ids}), compression), current.policy, "deleted ids")
+        write_atomic(
+            current.fs,
+            current.root,
+            posixpath.join(DELETED_DIR, f"deleted-{b:05d}.parquet"),
+            parquet_bytes(pa.table({"id": gone_ids}), compression),
+            current.policy,
+            "deleted ids",
+        )
     return total

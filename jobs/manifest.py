@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+import platform
 import posixpath
-from typing import Any
+import time
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
 
+from jobs.fingerprint import digest
+from jobs.redact import redact
 from jobs.retry import RetryPolicy
 from jobs.write import open_output_fs, retried, write_atomic
+
+if TYPE_CHECKING:
+    from jobs.plan import Plan
+    from jobs.spec import JobSpec
 
 JOB_FILE = "_job.json"
 PLAN_FILE = "_plan.json"
@@ -16,6 +25,17 @@ ERRORS_DIR = "_errors"
 DELETED_DIR = "_deleted"
 SUCCESS_FILE = "_SUCCESS"
 
+_PACKAGES = (
+    "embedjob",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "ray",
+    "pyarrow",
+    "datasets",
+    "fsspec",
+    "numpy",
+)
 # What must agree between an output's _job.json and a new run for the run to resume into it.
 COMPATIBILITY_KEYS = ("weights_fingerprint", "settings_fingerprint", "spec_fingerprint", "plan_fingerprint")
 
@@ -32,7 +52,9 @@ def part_name(index: int, shard_id: str) -> str:
 class OutputStore:
     """One output folder on any fsspec filesystem, with retried reads and atomic writes."""
 
-    def __init__(self, uri: str, storage_options: dict[str, Any] | None = None, policy: RetryPolicy | None = None):
+    def __init__(
+        self, uri: str, storage_options: dict[str, Any] | None = None, policy: RetryPolicy | None = None
+    ):
         self.uri = uri
         self.storage_options = storage_options or {}
         self.policy = policy or RetryPolicy()
@@ -122,3 +144,55 @@ def check_compatible(existing: dict[str, Any], job: dict[str, Any], uri: str) ->
                 f"({key}: existing {existing.get(key)!r}, this run {job.get(key)!r}); "
                 "use another output, or --overwrite to delete it and start again"
             )
+
+
+def spec_fingerprint(spec: JobSpec) -> str:
+    """Hash of the spec fields that shape an output (model settings are covered by the settings fingerprint)."""
+    d = spec.to_dict()
+    inp = {k: v for k, v in d["input"].items() if k != "storage_options"}
+    out = {k: d["output"][k] for k in ("rows_per_file", "compression")}
+    return digest(inp, out, spec.previous_uri, d["policy"]["on_bad_row"], size=16)
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of the packages that shape the vectors and the files."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def job_metadata(spec: JobSpec, plan: Plan, info: dict[str, Any]) -> dict[str, Any]:
+    """The content of _job.json."""
+    m = spec.model
+    return {
+        "model": {
+            "name": m.name,
+            "path": info["model_path"],
+            "revision": m.revision,
+            "dimension": info["dimension"],
+            "model_dimension": info["model_dimension"],
+            "dtype": info["dtype"],
+            "precision": m.precision,
+            "normalize": m.normalize,
+            "prompt_name": m.prompt_name,
+            "prompt": m.prompt,
+            "task": m.task,
+            "truncate_dim": m.truncate_dim,
+            "max_seq_length": info["max_seq_length"],
+            "similarity_fn_name": info["similarity_fn_name"],
+            "pipeline": info["describe"],
+        },
+        "weights_fingerprint": info["weights_fingerprint"],
+        "settings_fingerprint": info["settings_fingerprint"],
+        "spec_fingerprint": spec_fingerprint(spec),
+        "plan_fingerprint": plan.fingerprint,
+        "rows": plan.rows,
+        "shards": len(plan.shards),
+        "versions": package_versions(),
+        "spec": redact(spec.to_dict()),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }

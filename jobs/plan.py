@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import posixpath
 from dataclasses import dataclass, field
@@ -84,7 +85,9 @@ class Plan:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Plan:
         """Inverse of to_dict."""
-        return cls(d["kind"], [Shard.from_dict(s) for s in d["shards"]], d.get("schema", {}), d.get("files", 0))
+        return cls(
+            d["kind"], [Shard.from_dict(s) for s in d["shards"]], d.get("schema", {}), d.get("files", 0)
+        )
 
 
 def plan_job(spec: JobSpec) -> Plan:
@@ -114,7 +117,9 @@ def list_parquet_files(inp: InputSpec, policy: RetryPolicy) -> tuple[Any, str, l
             raise PlanError(f"input.uri: {inp.uri} does not exist")
         paths, base = [root], posixpath.dirname(root)
     # Hidden and underscore-prefixed paths are metadata (_SUCCESS, _tmp/, .crc), as pyarrow.dataset treats them.
-    paths = sorted(p for p in paths if not any(part.startswith(("_", ".")) for part in _rel(p, base).split("/")))
+    paths = sorted(
+        p for p in paths if not any(part.startswith(("_", ".")) for part in _rel(p, base).split("/"))
+    )
     if not paths:
         raise PlanError(f"input.uri: no Parquet files found at {inp.uri}")
     return fs, base, paths
@@ -145,8 +150,14 @@ def _plan_parquet(inp: InputSpec, bound: int, policy: RetryPolicy) -> Plan:
         if not schema:
             schema, first_file = cols, path
         elif cols != schema:
-            diff = {k: (schema.get(k), cols.get(k)) for k in set(schema) | set(cols) if schema.get(k) != cols.get(k)}
-            raise PlanError(f"input {path}: column types differ from {first_file}: {diff} (first file, this file)")
+            diff = {
+                k: (schema.get(k), cols.get(k))
+                for k in set(schema) | set(cols)
+                if schema.get(k) != cols.get(k)
+            }
+            raise PlanError(
+                f"input {path}: column types differ from {first_file}: {diff} (first file, this file)"
+            )
         for start, stop, gs, starts in _cut(groups, bound):
             sid = shard_id(rel, info.get("size"), etag, start, stop)
             shards.append(Shard(len(shards), sid, "parquet", rel, path, start, stop, gs, starts))
@@ -197,9 +208,17 @@ def _check_columns(inp: InputSpec, schema: pa.Schema, where: str) -> dict[str, s
             raise PlanError(f"{field_name}: column {col!r} not found in {where}; its columns are {names}")
         out[col] = str(schema.field(col).type)
     text_type = schema.field(inp.text_column).type
-    if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type) or pa.types.is_binary(text_type)
-            or pa.types.is_large_binary(text_type) or pa.types.is_string_view(text_type) or pa.types.is_null(text_type)):
-        raise PlanError(f"input.text_column: column {inp.text_column!r} in {where} has type {text_type}, expected string")
+    if not (
+        pa.types.is_string(text_type)
+        or pa.types.is_large_string(text_type)
+        or pa.types.is_binary(text_type)
+        or pa.types.is_large_binary(text_type)
+        or pa.types.is_string_view(text_type)
+        or pa.types.is_null(text_type)
+    ):
+        raise PlanError(
+            f"input.text_column: column {inp.text_column!r} in {where} has type {text_type}, expected string"
+        )
     return out
 
 
@@ -218,7 +237,9 @@ def _plan_dataset(inp: InputSpec, bound: int) -> Plan:
     shards = []
     for start in range(0, len(ds), bound):
         stop = min(len(ds), start + bound)
-        shards.append(Shard(len(shards), shard_id(source, len(ds), fp, start, stop), "dataset", source, "", start, stop))
+        shards.append(
+            Shard(len(shards), shard_id(source, len(ds), fp, start, stop), "dataset", source, "", start, stop)
+        )
     return Plan("dataset", shards, cols, files=1)
 
 
@@ -260,3 +281,66 @@ def describe_plan(spec: JobSpec, plan: Plan, tokens_per_s: float | None = None) 
         out["tokens_per_s"] = round(tokens_per_s, 1)
         out["est_seconds"] = round(tokens / tokens_per_s, 1)
     return out
+
+
+def duplicate_id_rows(spec: JobSpec, plan: Plan) -> dict[str, list[tuple[int, str]]]:
+    """{shard_id: [(row, reason)]} for every repeat of an id after its first row, in plan order.
+
+    Policy "fail": a PlanError naming the ids, files and rows instead. Reads only the id column.
+    """
+    from jobs.rows import duplicate_ids
+
+    if not spec.input.id_column:
+        return {}  # ids derived from file and row are unique by construction
+    policy = RetryPolicy(attempts=spec.policy.retries)
+    chunks, starts, offset = [], [], 0
+    for shard in plan.shards:
+        ids = _shard_ids(shard, spec.input, policy)
+        chunks.append(ids)
+        starts.append(offset)
+        offset += len(ids)
+    if not chunks:
+        return {}
+    repeats = duplicate_ids(pa.chunked_array(chunks))
+    if not repeats:
+        return {}
+
+    def where(pos: int) -> tuple[Shard, int]:
+        k = bisect.bisect_right(starts, pos) - 1
+        return plan.shards[k], plan.shards[k].start + pos - starts[k]
+
+    all_ids = pa.chunked_array(chunks)
+    found: dict[str, list[tuple[int, str]]] = {}
+    lines = []
+    for pos, first in repeats:
+        shard, row = where(pos)
+        first_shard, first_row = where(first)
+        reason = f"duplicate id (first at {first_shard.source} row {first_row})"
+        found.setdefault(shard.shard_id, []).append((row, reason))
+        lines.append(f"{all_ids[pos].as_py()!r} at {shard.source} row {row} (first at {first_shard.source} row {first_row})")
+    if spec.policy.on_bad_row == "fail":
+        more = f" (and {len(lines) - 5} more)" if len(lines) > 5 else ""
+        raise PlanError(
+            f"input.id_column: {len(lines)} duplicate id{'s' if len(lines) != 1 else ''} in column "
+            f"{spec.input.id_column!r}: {'; '.join(lines[:5])}{more}; ids must be unique, or set policy.on_bad_row: "
+            "quarantine to embed the first row of each id and quarantine the repeats"
+        )
+    return found
+
+
+def _shard_ids(shard: Shard, inp: InputSpec, policy: RetryPolicy) -> pa.Array:
+    """The id column of one shard's rows."""
+    if shard.kind == "dataset":
+        return open_dataset(inp).select_columns([inp.id_column]).with_format("arrow")[shard.start : shard.stop].column(0).combine_chunks()
+    fs, _ = open_input_fs(inp)
+    pieces = []
+    for group, group_start in zip(shard.row_groups, shard.group_starts, strict=True):
+
+        def read(g: int = group) -> pa.Table:
+            with fs.open(shard.path, "rb") as f:
+                return pq.ParquetFile(f).read_row_group(g, columns=[inp.id_column])
+
+        table = call_with_retries(read, what=f"input {shard.path}: read ids of row group {group}", policy=policy)
+        lo, hi = max(shard.start, group_start), min(shard.stop, group_start + table.num_rows)
+        pieces.append(table.column(0).slice(lo - group_start, hi - lo).combine_chunks())
+    return pa.concat_arrays(pieces)

@@ -29,7 +29,9 @@ class Progress:
 
     def event(self, event: str, **fields: Any) -> None:
         """Write one JSON log line: {"event": ..., "ts": ..., **fields} (secrets masked)."""
-        line = json.dumps(redact({"event": event, "ts": round(time.time(), 3), **fields}), default=str, sort_keys=False)
+        line = json.dumps(
+            redact({"event": event, "ts": round(time.time(), 3), **fields}), default=str, sort_keys=False
+        )
         if self._bar is not None and not self._own_log:
             self._bar.write(line, file=sys.stderr)
         else:

@@ -57,7 +57,9 @@ def dataset_kind(inp: InputSpec) -> str:
     if inp.data_files:
         return "hf_files"
     fs, root = open_input_fs(inp)
-    if fs.isdir(root) and (fs.exists(posixpath.join(root, "state.json")) or fs.exists(posixpath.join(root, "dataset_dict.json"))):
+    if fs.isdir(root) and (
+        fs.exists(posixpath.join(root, "state.json")) or fs.exists(posixpath.join(root, "dataset_dict.json"))
+    ):
         return "hf_disk"
     return "parquet"
 
@@ -73,15 +75,23 @@ def open_dataset(inp: InputSpec) -> Any:
     if kind == "hf_disk":
         ds = datasets.load_from_disk(inp.uri, storage_options=inp.storage_options or None)
     elif kind == "hf_hub":
-        ds = datasets.load_dataset(inp.dataset, inp.config, split=inp.split, storage_options=inp.storage_options or None)
+        ds = datasets.load_dataset(
+            inp.dataset, inp.config, split=inp.split, storage_options=inp.storage_options or None
+        )
     else:
         files = inp.data_files
-        first = files if isinstance(files, str) else (files[0] if isinstance(files, list) else next(iter(files.values())))
+        first = (
+            files
+            if isinstance(files, str)
+            else (files[0] if isinstance(files, list) else next(iter(files.values())))
+        )
         if isinstance(first, list):
             first = first[0]
         ext = posixpath.splitext(str(first))[1].lower()
         if ext not in _HF_FILE_BUILDERS:
-            raise ValueError(f"input.data_files: cannot tell the format of {first!r}; use one of {sorted(_HF_FILE_BUILDERS)}")
+            raise ValueError(
+                f"input.data_files: cannot tell the format of {first!r}; use one of {sorted(_HF_FILE_BUILDERS)}"
+            )
         ds = datasets.load_dataset(_HF_FILE_BUILDERS[ext], data_files=files, split=inp.split or "train")
     if isinstance(ds, datasets.DatasetDict):
         if not inp.split:
@@ -93,19 +103,27 @@ def open_dataset(inp: InputSpec) -> Any:
     return ds
 
 
-def iter_shard_batches(shard: Shard, inp: InputSpec, batch_rows: int, policy: RetryPolicy) -> Iterator[pa.Table]:
+def iter_shard_batches(
+    shard: Shard, inp: InputSpec, batch_rows: int, policy: RetryPolicy
+) -> Iterator[pa.Table]:
     """Yield the shard's rows in order, as tables of <= batch_rows rows: __text__, __id__, __row__, passthrough."""
     cols = list(dict.fromkeys(c for c, _ in read_columns(inp)))
-    pieces = _parquet_pieces(shard, inp, cols, policy) if shard.kind == "parquet" else _dataset_pieces(shard, inp, cols, batch_rows)
+    pieces = (
+        _parquet_pieces(shard, inp, cols, policy)
+        if shard.kind == "parquet"
+        else _dataset_pieces(shard, inp, cols, batch_rows)
+    )
     for table, first_row in pieces:
         for lo in range(0, table.num_rows, batch_rows):
             part = table.slice(lo, batch_rows)
             yield _normalise(part, inp, shard.source, first_row + lo)
 
 
-def _parquet_pieces(shard: Shard, inp: InputSpec, cols: list[str], policy: RetryPolicy) -> Iterator[tuple[pa.Table, int]]:
+def _parquet_pieces(
+    shard: Shard, inp: InputSpec, cols: list[str], policy: RetryPolicy
+) -> Iterator[tuple[pa.Table, int]]:
     fs, _ = open_input_fs(inp)
-    for group, group_start in zip(shard.row_groups, shard.group_starts):
+    for group, group_start in zip(shard.row_groups, shard.group_starts, strict=True):
 
         def attempt(g: int = group) -> pa.Table:
             maybe_fail("storage.read", key=shard.path)
@@ -113,14 +131,18 @@ def _parquet_pieces(shard: Shard, inp: InputSpec, cols: list[str], policy: Retry
             with fs.open(shard.path, "rb") as f:
                 return pq.ParquetFile(f).read_row_group(g, columns=cols)
 
-        table = call_with_retries(attempt, what=f"shard {shard.shard_id}: read {shard.path} row group {group}", policy=policy)
+        table = call_with_retries(
+            attempt, what=f"shard {shard.shard_id}: read {shard.path} row group {group}", policy=policy
+        )
         lo = max(shard.start, group_start)
         hi = min(shard.stop, group_start + table.num_rows)
         if hi > lo:
             yield table.slice(lo - group_start, hi - lo), lo
 
 
-def _dataset_pieces(shard: Shard, inp: InputSpec, cols: list[str], batch_rows: int) -> Iterator[tuple[pa.Table, int]]:
+def _dataset_pieces(
+    shard: Shard, inp: InputSpec, cols: list[str], batch_rows: int
+) -> Iterator[tuple[pa.Table, int]]:
     ds = open_dataset(inp).select_columns(cols).with_format("arrow")
     for lo in range(shard.start, shard.stop, batch_rows):
         hi = min(shard.stop, lo + batch_rows)

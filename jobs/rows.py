@@ -112,7 +112,7 @@ class BadRowsError(ValueError):
         more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
         super().__init__(
             f"{file}: {len(bad)} bad row{'s' if len(bad) != 1 else ''} in column {column!r}: {shown}{more}; "
-            f"set bad_rows: quarantine to write them to _errors/ and embed the rest"
+            f"set policy.on_bad_row: quarantine to write them to _errors/ and embed the rest"
         )
 
 

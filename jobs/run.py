@@ -5,26 +5,31 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import platform
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
 from jobs.faults import fault_env
 from jobs.fingerprint import digest
 from jobs.incremental import PreviousOutput, find_deleted
-from jobs.manifest import JOB_FILE, PLAN_FILE, SUCCESS_FILE, OutputConflict, OutputStore, check_compatible
-from jobs.plan import Plan, Shard, plan_job
+from jobs.manifest import (
+    JOB_FILE,
+    PLAN_FILE,
+    SUCCESS_FILE,
+    OutputConflict,
+    OutputStore,
+    check_compatible,
+    job_metadata,
+)
+from jobs.plan import Plan, Shard, duplicate_id_rows, plan_job
 from jobs.progress import Progress, format_summary
-from jobs.redact import redact, register_secrets_in
+from jobs.redact import register_secrets_in
 from jobs.retry import RetryPolicy
 from jobs.spec import JobSpec, SpecError
 from jobs.worker import LOADING_FIELDS
 
 ACTOR_RESTARTS = 3
 PROBE_INTERVAL_S = 0.5
-_PACKAGES = ("embedjob", "torch", "transformers", "tokenizers", "ray", "pyarrow", "datasets", "fsspec", "numpy")
 
 
 class JobError(RuntimeError):
@@ -58,58 +63,6 @@ def absolutize(spec: JobSpec) -> JobSpec:
     return JobSpec.from_dict(d)
 
 
-def spec_fingerprint(spec: JobSpec) -> str:
-    """Hash of the spec fields that shape an output (model settings are covered by the settings fingerprint)."""
-    d = spec.to_dict()
-    inp = {k: v for k, v in d["input"].items() if k != "storage_options"}
-    out = {k: d["output"][k] for k in ("rows_per_file", "compression")}
-    return digest(inp, out, spec.previous_uri, d["policy"]["on_bad_row"], size=16)
-
-
-def package_versions() -> dict[str, str | None]:
-    """Versions of the packages that shape the vectors and the files."""
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in _PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def job_metadata(spec: JobSpec, plan: Plan, info: dict[str, Any]) -> dict[str, Any]:
-    """The content of _job.json."""
-    m = spec.model
-    return {
-        "model": {
-            "name": m.name,
-            "path": info["model_path"],
-            "revision": m.revision,
-            "dimension": info["dimension"],
-            "model_dimension": info["model_dimension"],
-            "dtype": info["dtype"],
-            "precision": m.precision,
-            "normalize": m.normalize,
-            "prompt_name": m.prompt_name,
-            "prompt": m.prompt,
-            "task": m.task,
-            "truncate_dim": m.truncate_dim,
-            "max_seq_length": info["max_seq_length"],
-            "similarity_fn_name": info["similarity_fn_name"],
-            "pipeline": info["describe"],
-        },
-        "weights_fingerprint": info["weights_fingerprint"],
-        "settings_fingerprint": info["settings_fingerprint"],
-        "spec_fingerprint": spec_fingerprint(spec),
-        "plan_fingerprint": plan.fingerprint,
-        "rows": plan.rows,
-        "shards": len(plan.shards),
-        "versions": package_versions(),
-        "spec": redact(spec.to_dict()),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-
-
 def connect_ray(address: str | None) -> bool:
     """Join RAY_ADDRESS / --address, or start a local Ray sized to this machine; True if this call started it."""
     import ray
@@ -121,14 +74,18 @@ def connect_ray(address: str | None) -> bool:
     if address:
         ray.init(address=address, log_to_driver=show_worker_logs, logging_level=logging.WARNING)
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=show_worker_logs,
-                 logging_level=logging.WARNING)
+        ray.init(
+            num_cpus=os.cpu_count(),
+            include_dashboard=False,
+            log_to_driver=show_worker_logs,
+            logging_level=logging.WARNING,
+        )
     return True
 
 
 @dataclass
 class _Slot:
-    """One replica: its actor handle, tasks in flight, and deaths seen (to replace it once restarts run out)."""
+    """One replica: its actor handle, its shards in flight, and whether it is coming back from a death."""
 
     actor: Any
     in_flight: int = 0
@@ -241,11 +198,16 @@ def run_job(
     register_secrets_in(spec.to_dict())
     policy = RetryPolicy(attempts=spec.policy.retries)
     plan = plan_job(spec)
+    duplicates = duplicate_id_rows(spec, plan)
     store = OutputStore(spec.output.uri, spec.output.storage_options, policy)
-    previous = PreviousOutput(spec.previous_uri, spec.output.storage_options, policy) if spec.previous_uri else None
+    previous = (
+        PreviousOutput(spec.previous_uri, spec.output.storage_options, policy) if spec.previous_uri else None
+    )
     existing = store.read_json(JOB_FILE)
     if existing is None and not overwrite and _has_data(store):
-        raise OutputConflict(f"output.uri: {spec.output.uri} is not empty and holds no {JOB_FILE}; use --overwrite")
+        raise OutputConflict(
+            f"output.uri: {spec.output.uri} is not empty and holds no {JOB_FILE}; use --overwrite"
+        )
     started_ray = connect_ray(address)
     pool = None
     bar = None
@@ -266,19 +228,30 @@ def run_job(
             committed, todo = set(), list(plan.shards)
         reuse = previous is not None and previous.reusable(job["settings_fingerprint"])
         bar = Progress(plan.rows, len(plan.shards), bar=progress, log_file=log_file)
-        bar.event("job_started", output=spec.output.uri, shards=len(plan.shards), rows=plan.rows,
-                  resumed_shards=len(committed), replicas=pool.replicas, resources=pool.options.get("num_gpus") and "gpu" or "cpu",
-                  previous=spec.previous_uri, previous_reusable=reuse)
+        bar.event(
+            "job_started",
+            output=spec.output.uri,
+            shards=len(plan.shards),
+            rows=plan.rows,
+            resumed_shards=len(committed),
+            replicas=pool.replicas,
+            resources=pool.options.get("num_gpus") and "gpu" or "cpu",
+            previous=spec.previous_uri,
+            previous_reusable=reuse,
+        )
         if committed:
             bar.resumed(store.records())
-        _dispatch(pool, todo, spec, bar, previous if reuse else None)
+        _dispatch(pool, todo, spec, bar, previous if reuse else None, duplicates)
         _release_pool(pool, spec, keep_warm and not started_ray)
         pool = None
         records = store.records()
         _check_complete(plan, records)
         deleted = find_deleted(previous, store, records, spec.output.compression) if previous else 0
-        summary = {**bar.summary(plan.rows - sum(r["rows_in"] for r in records if r["shard_id"] in committed)),
-                   "deleted": deleted, "output": spec.output.uri}
+        summary = {
+            **bar.summary(plan.rows - sum(r["rows_in"] for r in records if r["shard_id"] in committed)),
+            "deleted": deleted,
+            "output": spec.output.uri,
+        }
         summary.update({k: sum(r.get(k, 0) for r in records) for k in ("embedded", "reused", "quarantined")})
         summary["rows_written"] = sum(r["rows"] for r in records)
         store.write_json(SUCCESS_FILE, {**summary, "plan_fingerprint": plan.fingerprint})
@@ -301,14 +274,27 @@ def _has_data(store: OutputStore) -> bool:
     return any(not n.startswith("_") for n in names)
 
 
-def _dispatch(pool: ReplicaPool, todo: list[Shard], spec: JobSpec, bar: Progress, previous: PreviousOutput | None) -> None:
+def _dispatch(
+    pool: ReplicaPool,
+    todo: list[Shard],
+    spec: JobSpec,
+    bar: Progress,
+    previous: PreviousOutput | None,
+    bad_rows: dict[str, list[tuple[int, str]]],
+) -> None:
     """Keep every healthy replica busy (a bounded number of shards in flight each) until all shards are committed.
 
     A replica that dies is probed until it answers again (Ray restarts it) or is replaced when its restarts
     are used up; its shards go back to the queue, so every shard is committed exactly once.
     """
     import ray
-    from ray.exceptions import ActorDiedError, ObjectLostError, RayActorError, RayTaskError, WorkerCrashedError
+    from ray.exceptions import (
+        ActorDiedError,
+        ObjectLostError,
+        RayActorError,
+        RayTaskError,
+        WorkerCrashedError,
+    )
 
     pending = collections.deque(todo)
     attempts: collections.Counter[str] = collections.Counter()
@@ -325,8 +311,12 @@ def _dispatch(pool: ReplicaPool, todo: list[Shard], spec: JobSpec, bar: Progress
             while not slot.recovering and pending and slot.in_flight < depth:
                 shard = pending.popleft()
                 attempts[shard.shard_id] += 1
-                task = {"spec": job_spec, "shard": shard.to_dict(),
-                        "previous": previous.task_for(shard.source) if previous else None}
+                task = {
+                    "spec": job_spec,
+                    "shard": shard.to_dict(),
+                    "previous": previous.task_for(shard.source) if previous else None,
+                    "bad_rows": bad_rows.get(shard.shard_id, []),
+                }
                 in_flight[slot.actor.process.remote(task)] = (shard, slot)
                 slot.in_flight += 1
         waiting = list(in_flight) + list(probes)
@@ -355,18 +345,27 @@ def _dispatch(pool: ReplicaPool, todo: list[Shard], spec: JobSpec, bar: Progress
                 # The replica died (or its node did): the shard was not committed, or committed in full with
                 # its record (then the retry sees the record and skips). Either way it runs once more.
                 if attempts[shard.shard_id] >= spec.policy.shard_attempts:
-                    raise JobError(f"shard {shard.index} ({shard.shard_id}, {shard.source} rows {shard.start}-{shard.stop}): "
-                                   f"replica died {attempts[shard.shard_id]} times; last error: {type(e).__name__}: {e}") from e
-                bar.event("shard_retry", shard_id=shard.shard_id, index=shard.index, attempt=attempts[shard.shard_id],
-                          error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                    raise JobError(
+                        f"shard {shard.index} ({shard.shard_id}, {shard.source} rows {shard.start}-{shard.stop}): "
+                        f"replica died {attempts[shard.shard_id]} times; last error: {type(e).__name__}: {e}"
+                    ) from e
+                bar.event(
+                    "shard_retry",
+                    shard_id=shard.shard_id,
+                    index=shard.index,
+                    attempt=attempts[shard.shard_id],
+                    error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                )
                 pending.appendleft(shard)
                 if not slot.recovering:
                     slot.recovering, slot.probe_at = True, time.monotonic()
                 continue
             except RayTaskError as e:
                 cause = e.cause if getattr(e, "cause", None) is not None else e
-                raise JobError(f"shard {shard.index} ({shard.shard_id}, {shard.source} rows {shard.start}-{shard.stop}): "
-                               f"{type(cause).__name__}: {cause}") from cause
+                raise JobError(
+                    f"shard {shard.index} ({shard.shard_id}, {shard.source} rows {shard.start}-{shard.stop}): "
+                    f"{type(cause).__name__}: {cause}"
+                ) from cause
             bar.committed(record, attempts[shard.shard_id])
 
 
@@ -375,12 +374,16 @@ def _check_complete(plan: Plan, records: list[dict[str, Any]]) -> None:
     by_id = {r["shard_id"]: r for r in records}
     missing = [s.shard_id for s in plan.shards if s.shard_id not in by_id]
     if missing:
-        raise JobError(f"output: {len(missing)} planned shards have no manifest record (first: {missing[:3]})")
+        raise JobError(
+            f"output: {len(missing)} planned shards have no manifest record (first: {missing[:3]})"
+        )
     for s in plan.shards:
         r = by_id[s.shard_id]
         if r["rows"] + r["quarantined"] != s.rows:
-            raise JobError(f"shard {s.index} ({s.shard_id}): {r['rows']} rows written + {r['quarantined']} quarantined "
-                           f"!= {s.rows} planned")
+            raise JobError(
+                f"shard {s.index} ({s.shard_id}): {r['rows']} rows written + {r['quarantined']} quarantined "
+                f"!= {s.rows} planned"
+            )
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -173,7 +173,9 @@ class JobSpec:
             if not isinstance(col, str) or not col:
                 raise SpecError(f"input.passthrough[{k}]: expected a column name, got {col!r}")
             if col in RESERVED_COLUMNS:
-                raise SpecError(f"input.passthrough[{k}]: {col!r} clashes with an output column {RESERVED_COLUMNS}")
+                raise SpecError(
+                    f"input.passthrough[{k}]: {col!r} clashes with an output column {RESERVED_COLUMNS}"
+                )
         if len(set(i.passthrough)) != len(i.passthrough):
             raise SpecError(f"input.passthrough: duplicate column names in {i.passthrough!r}")
         if not o.uri:
@@ -197,7 +199,13 @@ class JobSpec:
 
 
 RESERVED_COLUMNS = ("id", "embedding", "text_hash")
-_SECTIONS = {"model": ModelSpec, "input": InputSpec, "output": OutputSpec, "compute": ComputeSpec, "policy": PolicySpec}
+_SECTIONS = {
+    "model": ModelSpec,
+    "input": InputSpec,
+    "output": OutputSpec,
+    "compute": ComputeSpec,
+    "policy": PolicySpec,
+}
 
 
 def resolve_model_name(name: str) -> str:

@@ -69,7 +69,9 @@ class ShardWorker:
         self.spec = JobSpec.from_dict(spec)
         self.policy = RetryPolicy(attempts=self.spec.policy.retries)
         self.out = OutputStore(self.spec.output.uri, self.spec.output.storage_options, self.policy)
-        self.max_chars = self.spec.policy.max_text_chars or default_max_chars(getattr(self.model, "max_seq_length", None))
+        self.max_chars = self.spec.policy.max_text_chars or default_max_chars(
+            getattr(self.model, "max_seq_length", None)
+        )
         self._job_key = key
 
     def info(self, spec: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -135,6 +137,7 @@ class ShardWorker:
         tokens_before = self.stats().get("tokens", 0)
         previous = task.get("previous")
         lookup = PreviousLookup(**previous, policy=self.policy) if previous else None
+        known = {int(row): reason for row, reason in task.get("bad_rows") or []}  # found at plan time (duplicates)
 
         dim, dtype = info["dimension"], np.dtype(info["dtype"])
         vectors = np.empty((shard.rows, dim), dtype)
@@ -150,18 +153,28 @@ class ShardWorker:
         for batch_no, batch in enumerate(_prefetch(batches, PREFETCH)):
             id_type = batch.schema.field(ID).type
             raw_ids = batch.column(ID).to_pylist()
-            raw_texts = batch.column(TEXT).to_pylist()
+            raw_texts = _raw_values(batch.column(TEXT))
             clean, text_bad = check_texts(raw_texts, max_chars=self.max_chars)
             bad_text_pos = {p for p, _ in text_bad}
-            text_at = dict(zip((p for p in range(len(raw_texts)) if p not in bad_text_pos), clean))
-            bad = merge_bad(text_bad, check_ids(raw_ids))
+            text_at = dict(
+                zip((p for p in range(len(raw_texts)) if p not in bad_text_pos), clean, strict=True)
+            )
+            rows = batch.column(ROW).to_pylist()
+            listed = [(p, known[r]) for p, r in enumerate(rows) if r in known] if known else []
+            bad = merge_bad(text_bad, check_ids(raw_ids), listed)
             if bad:
-                rows = batch.column(ROW).to_pylist()
                 if self.spec.policy.on_bad_row == "fail":
                     where = f"shard {shard.index} ({shard.shard_id}) of {shard.path or shard.source}"
-                    message = str(BadRowsError(where, bad, first_row=rows[0], column=self.spec.input.text_column))
-                    raise ShardError(message.replace("set bad_rows: quarantine", "set policy.on_bad_row: quarantine"))
-                errors += [{"id": _str(raw_ids[p]), "file": shard.source, "row": rows[p], "reason": r} for p, r in bad]
+                    message = str(
+                        BadRowsError(where, bad, first_row=rows[0], column=self.spec.input.text_column)
+                    )
+                    raise ShardError(
+                        message.replace("set bad_rows: quarantine", "set policy.on_bad_row: quarantine")
+                    )
+                errors += [
+                    {"id": _str(raw_ids[p]), "file": shard.source, "row": rows[p], "reason": r}
+                    for p, r in bad
+                ]
             bad_pos = {p for p, _ in bad}
             keep = [p for p in range(len(raw_texts)) if p not in bad_pos]
             texts = [text_at[p] for p in keep]
@@ -190,10 +203,23 @@ class ShardWorker:
         compression = self.spec.output.compression
         if errors:
             err = pa.table({k: [e[k] for e in errors] for k in ("id", "file", "row", "reason")})
-            write_atomic(self.out.fs, self.out.root, f"{ERRORS_DIR}/{shard.shard_id}.parquet",
-                         parquet_bytes(err, compression), self.policy, f"shard {shard.shard_id}: errors")
+            write_atomic(
+                self.out.fs,
+                self.out.root,
+                f"{ERRORS_DIR}/{shard.shard_id}.parquet",
+                parquet_bytes(err, compression),
+                self.policy,
+                f"shard {shard.shard_id}: errors",
+            )
         name = part_name(shard.index, shard.shard_id)
-        write_atomic(self.out.fs, self.out.root, name, parquet_bytes(table, compression), self.policy, f"shard {shard.shard_id}")
+        write_atomic(
+            self.out.fs,
+            self.out.root,
+            name,
+            parquet_bytes(table, compression),
+            self.policy,
+            f"shard {shard.shard_id}",
+        )
         record = {
             "shard_id": shard.shard_id,
             "index": shard.index,
@@ -214,6 +240,15 @@ class ShardWorker:
         # The record is the commit: written only after the data file sits whole at its final name.
         self.out.write_json(record_name, record)
         return record
+
+
+def _raw_values(column: pa.ChunkedArray) -> list[Any]:
+    """Python values of the text column; strings go through bytes, so invalid UTF-8 is reported, not raised."""
+    if pa.types.is_string(column.type):
+        column = column.cast(pa.binary())
+    elif pa.types.is_large_string(column.type):
+        column = column.cast(pa.large_binary())
+    return column.to_pylist()
 
 
 def _str(value: Any) -> str | None:

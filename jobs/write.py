@@ -39,11 +39,19 @@ def embedding_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(values, dim)
 
 
-def shard_table(ids: pa.Array, vectors: np.ndarray, hashes: list[str], passthrough: dict[str, pa.Array]) -> pa.Table:
+def shard_table(
+    ids: pa.Array, vectors: np.ndarray, hashes: list[str], passthrough: dict[str, pa.Array]
+) -> pa.Table:
     """The output table of a shard: id, embedding, text_hash, then the passthrough columns."""
     if not (len(ids) == len(vectors) == len(hashes)):
-        raise ValueError(f"shard table: {len(ids)} ids, {len(vectors)} vectors and {len(hashes)} hashes disagree")
-    columns: dict[str, Any] = {"id": ids, "embedding": embedding_array(vectors), "text_hash": pa.array(hashes, pa.string())}
+        raise ValueError(
+            f"shard table: {len(ids)} ids, {len(vectors)} vectors and {len(hashes)} hashes disagree"
+        )
+    columns: dict[str, Any] = {
+        "id": ids,
+        "embedding": embedding_array(vectors),
+        "text_hash": pa.array(hashes, pa.string()),
+    }
     columns.update(passthrough)
     return pa.table(columns)
 

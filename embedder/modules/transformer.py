@@ -61,6 +61,9 @@ class Transformer(InputModule):
         self._prompt_lengths: dict[str, int] = {}
 
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **config_args)
+        if "use_cache" not in config_args and getattr(config, "use_cache", False):
+            # Embedding never generates: a KV cache would only hold memory (decoder backbones).
+            config.use_cache = False
         self.auto_model = AutoModel.from_pretrained(
             path,
             config=config,

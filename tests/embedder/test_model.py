@@ -367,3 +367,29 @@ def test_bad_folders(tiny_bert_dir, tmp_path) -> None:
         EmbeddingModel(path, device="cpu")
     with pytest.raises(FileNotFoundError, match="no such folder"):
         EmbeddingModel(str(tmp_path / "does" / "not" / "exist"), device="cpu")
+
+
+# --- batching (pure functions behind encode) -------------------------------------------------------------------
+
+
+def test_batching_functions() -> None:
+    from embedder import batching
+
+    lengths = [3, 10, 1, 7, 7, 2, 30]
+    order = batching.length_order(lengths)
+    assert order == list(np.argsort([-n for n in lengths]))  # sentence-transformers' order
+    assert [lengths[i] for i in order] == sorted(lengths, reverse=True)
+    assert batching.batches_by_count(order, 3) == [order[0:3], order[3:6], order[6:]]
+    budget = batching.batches_by_tokens(order, lengths, 20)
+    assert sorted(i for b in budget for i in b) == list(range(len(lengths)))
+    # The 30-token text exceeds the budget alone and still gets its own batch; the rest fit rows x longest.
+    assert budget[0] == [6]
+    assert all(len(b) * max(lengths[i] for i in b) <= 20 for b in budget[1:])
+    assert batching.padded_tokens(budget, lengths) <= batching.padded_tokens(
+        batching.batches_by_count(order, 3), lengths
+    )
+    assert all(len(b) <= 2 for b in batching.batches_by_tokens(order, lengths, 1000, max_batch_size=2))
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        batching.batches_by_tokens(order, lengths, 0)
+    with pytest.raises(ValueError, match="batch_size"):
+        batching.batches_by_count(order, 0)

@@ -34,7 +34,9 @@ def oracle(tiny_st_model: str) -> Callable[..., np.ndarray]:
     return encode
 
 
-def write_files(folder: str, texts: list[str], *, files: int, row_group_size: int, extra: dict | None = None) -> list[str]:
+def write_files(
+    folder: str, texts: list[str], *, files: int, row_group_size: int, extra: dict | None = None
+) -> list[str]:
     """Split texts (ids doc-<i>) over `files` Parquet files with several row groups each; returns the paths."""
     os.makedirs(folder, exist_ok=True)
     paths = []
@@ -88,4 +90,6 @@ def jobkit():
     """Helpers: write_files, job_spec, read_job, vectors."""
     import types
 
-    return types.SimpleNamespace(write_files=write_files, job_spec=job_spec, read_job=read_job, vectors=vectors)
+    return types.SimpleNamespace(
+        write_files=write_files, job_spec=job_spec, read_job=read_job, vectors=vectors
+    )

@@ -82,6 +82,7 @@ def test_quarantine_writes_errors_and_counts_add_up(tmp_path, jobio, tiny_st_mod
     assert "doc-5" in written  # the empty text is a good row
 
 
+@pytest.mark.slow
 def test_cli_exit_status_and_summary(tmp_path, jobio, tiny_st_model, capsys):
     """0 clean, 3 finished with quarantined rows, 1 failed (policy fail), 2 bad usage/spec."""
     inp, _, _ = bad_rows_input(tmp_path / "in", jobio)
@@ -133,6 +134,7 @@ def test_fail_policy_names_file_row_and_reason(tmp_path, jobio, tiny_st_model):
         run_job(spec_for(tiny_st_model, inp, str(tmp_path / "out"), on_bad_row="fail"), progress=False)
 
 
+@pytest.mark.slow
 def test_several_mb_text_embeds_like_sentence_transformers(tmp_path, tiny_st_model):
     """A 3.4 MB text is cut before tokenising, yet its vector equals sentence-transformers' on the full text."""
     from sentence_transformers import SentenceTransformer

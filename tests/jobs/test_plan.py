@@ -9,17 +9,26 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.cli import main
-from jobs.plan import PlanError, Plan, _cut, plan_job
+from jobs.plan import Plan, PlanError, _cut, plan_job
 from jobs.spec import JobSpec
 
 
 def spec_for(inp: str, rows: int = 25, **input_fields) -> JobSpec:
-    return JobSpec.from_dict({"model": "m", "input": {"uri": inp, "id_column": "id", **input_fields},
-                              "output": {"uri": "out", "rows_per_file": rows}})
+    return JobSpec.from_dict(
+        {
+            "model": "m",
+            "input": {"uri": inp, "id_column": "id", **input_fields},
+            "output": {"uri": "out", "rows_per_file": rows},
+        }
+    )
 
 
 def write(path, n: int, row_group_size: int, **extra) -> str:
-    cols = {"id": [f"{os.path.basename(str(path))}-{i}" for i in range(n)], "text": [f"text {i}" for i in range(n)], **extra}
+    cols = {
+        "id": [f"{os.path.basename(str(path))}-{i}" for i in range(n)],
+        "text": [f"text {i}" for i in range(n)],
+        **extra,
+    }
     pq.write_table(pa.table(cols), str(path), row_group_size=row_group_size)
     return str(path)
 
@@ -110,20 +119,48 @@ def test_missing_input(tmp_path):
 def test_hf_save_to_disk_contiguous_ranges(tmp_path):
     import datasets
 
-    ds = datasets.Dataset.from_dict({"id": [f"r{i}" for i in range(60)], "text": [f"t {i}" for i in range(60)]})
+    ds = datasets.Dataset.from_dict(
+        {"id": [f"r{i}" for i in range(60)], "text": [f"t {i}" for i in range(60)]}
+    )
     ds.save_to_disk(str(tmp_path / "ds"))
     plan = plan_job(spec_for(str(tmp_path / "ds")))
-    assert plan.kind == "dataset" and [(s.start, s.stop) for s in plan.shards] == [(0, 25), (25, 50), (50, 60)]
+    assert plan.kind == "dataset" and [(s.start, s.stop) for s in plan.shards] == [
+        (0, 25),
+        (25, 50),
+        (50, 60),
+    ]
     with pytest.raises(PlanError, match="input.text_column: column 'body' not found"):
-        plan_job(JobSpec.from_dict({"model": "m", "input": {"uri": str(tmp_path / "ds"), "text_column": "body"},
-                                    "output": {"uri": "o"}}))
+        plan_job(
+            JobSpec.from_dict(
+                {
+                    "model": "m",
+                    "input": {"uri": str(tmp_path / "ds"), "text_column": "body"},
+                    "output": {"uri": "o"},
+                }
+            )
+        )
 
 
 def test_plan_cli_prints_shards_and_estimate(tmp_path, capsys):
     write(tmp_path / "a.parquet", 40, 10)
-    code = main(["plan", "--model", "m", "--input", str(tmp_path), "--output", "o", "--id-column", "id",
-                 "--rows-per-file", "20"])
+    code = main(
+        [
+            "plan",
+            "--model",
+            "m",
+            "--input",
+            str(tmp_path),
+            "--output",
+            "o",
+            "--id-column",
+            "id",
+            "--rows-per-file",
+            "20",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "2 shards, 40 rows in 1 file(s)" in out and "tokens" in out
-    assert main(["plan", "--model", "m", "--input", str(tmp_path), "--output", "o", "--id-column", "nope"]) == 1
+    assert (
+        main(["plan", "--model", "m", "--input", str(tmp_path), "--output", "o", "--id-column", "nope"]) == 1
+    )
     assert "input.id_column: column 'nope' not found" in capsys.readouterr().err

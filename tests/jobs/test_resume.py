@@ -32,17 +32,26 @@ def check_exactly_once(out: str, texts: list[str], oracle, jobkit) -> None:
     assert np.abs(jobkit.vectors(table) - oracle([texts[i] for i in order])).max() <= 1e-4
 
 
-def test_killed_driver_resumes_without_duplicates(tmp_path, tiny_st_model, oracle, jobio, jobkit, ray_session):
+def test_killed_driver_resumes_without_duplicates(
+    tmp_path, tiny_st_model, oracle, jobio, jobkit, ray_session
+):
     texts = jobio.corpus(120, seed=5)
     jobkit.write_files(str(tmp_path / "in"), texts, files=3, row_group_size=10)
     out = str(tmp_path / "out")
     spec = jobkit.job_spec(tiny_st_model, str(tmp_path / "in"), out, output={"rows_per_file": 10})
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(spec))
-    env = {**os.environ, "EMBEDJOB_FAULTS": json.dumps([{"point": "worker.batch", "action": "sleep", "seconds": 0.5}])}
+    env = {
+        **os.environ,
+        "EMBEDJOB_FAULTS": json.dumps([{"point": "worker.batch", "action": "sleep", "seconds": 0.5}]),
+    }
     address = ray_session.get_runtime_context().gcs_address
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "run", str(job_file), "--address", address, "--no-progress"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs.cli", "run", str(job_file), "--address", address, "--no-progress"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     store = OutputStore(out)
     deadline = time.monotonic() + 180
     try:
@@ -65,7 +74,10 @@ def test_killed_driver_resumes_without_duplicates(tmp_path, tiny_st_model, oracl
 def test_replica_death_resubmits_shard(tmp_path, tiny_st_model, oracle, jobio, jobkit, monkeypatch):
     texts = jobio.corpus(60, seed=6)
     jobkit.write_files(str(tmp_path / "in"), texts, files=2, row_group_size=10)
-    monkeypatch.setenv("EMBEDJOB_FAULTS", json.dumps([{"point": "worker.batch", "shard_index": 2, "action": "exit", "times": 1}]))
+    monkeypatch.setenv(
+        "EMBEDJOB_FAULTS",
+        json.dumps([{"point": "worker.batch", "shard_index": 2, "action": "exit", "times": 1}]),
+    )
     monkeypatch.setenv("EMBEDJOB_FAULTS_STATE", str(tmp_path / "faults"))
     out = str(tmp_path / "out")
     spec = jobkit.job_spec(tiny_st_model, str(tmp_path / "in"), out, output={"rows_per_file": 10})
@@ -73,7 +85,8 @@ def test_replica_death_resubmits_shard(tmp_path, tiny_st_model, oracle, jobio, j
     assert summary["rows_written"] == 60 and summary["shards"] == 6
     events = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
     retries = [e for e in events if e["event"] == "shard_retry"]
-    assert [e["index"] for e in retries] == [2]
+    # shard 2 killed its replica; shard 3, queued on the same replica, failed with it: each ran once more
+    assert [e["index"] for e in retries] in ([2], [2, 3], [3, 2])
     committed = [e for e in events if e["event"] == "shard_committed"]
     assert sorted(e["index"] for e in committed) == list(range(6))
     check_exactly_once(out, texts, oracle, jobkit)

@@ -57,7 +57,10 @@ def test_parquet_files_with_row_groups(tmp_path, tiny_st_model, oracle, jobio, j
     success = json.load(open(os.path.join(out, "_SUCCESS")))
     assert success["rows_written"] == 130
     lines = [json.loads(x) for x in open(tmp_path / "log.jsonl")]
-    assert sum(x["event"] == "shard_committed" for x in lines) == len(records) and lines[-1]["event"] == "job_done"
+    assert (
+        sum(x["event"] == "shard_committed" for x in lines) == len(records)
+        and lines[-1]["event"] == "job_done"
+    )
 
 
 def test_hf_save_to_disk_dataset(tmp_path, tiny_st_model, oracle, jobio, jobkit):
@@ -67,7 +70,9 @@ def test_hf_save_to_disk_dataset(tmp_path, tiny_st_model, oracle, jobio, jobkit)
     ds = datasets.Dataset.from_dict({"id": list(range(60)), "text": texts})
     ds.save_to_disk(str(tmp_path / "ds"))
     out = str(tmp_path / "out")
-    summary = run_job(jobkit.job_spec(tiny_st_model, str(tmp_path / "ds"), out), progress=False, keep_warm=True)
+    summary = run_job(
+        jobkit.job_spec(tiny_st_model, str(tmp_path / "ds"), out), progress=False, keep_warm=True
+    )
     assert summary["rows_written"] == 60
     _, table = jobkit.read_job(out)
     assert table.column("id").to_pylist() == list(range(60))
@@ -78,8 +83,13 @@ def test_settings_and_precision(tmp_path, tiny_st_model, oracle, jobio, jobkit):
     texts = texts_for(jobio, 40, seed=2)
     jobkit.write_files(str(tmp_path / "in"), texts, files=1, row_group_size=40)
     out = str(tmp_path / "out")
-    spec = jobkit.job_spec(tiny_st_model, str(tmp_path / "in"), out, model={"normalize": True, "precision": "ubinary"},
-                           input={"id_column": None})
+    spec = jobkit.job_spec(
+        tiny_st_model,
+        str(tmp_path / "in"),
+        out,
+        model={"normalize": True, "precision": "ubinary"},
+        input={"id_column": None},
+    )
     run_job(spec, progress=False, keep_warm=True)
     _, table = jobkit.read_job(out)
     assert table.schema.field("embedding").type.value_type == pa.uint8()
@@ -91,9 +101,13 @@ def test_settings_and_precision(tmp_path, tiny_st_model, oracle, jobio, jobkit):
 def test_bad_rows_quarantine_and_fail(tmp_path, tiny_st_model, jobio, jobkit):
     texts: list = texts_for(jobio, 30, seed=3)
     texts[4] = None
-    pq.write_table(pa.table({"id": [f"doc-{i}" for i in range(30)], "text": texts}), str(tmp_path / "in.parquet"))
+    pq.write_table(
+        pa.table({"id": [f"doc-{i}" for i in range(30)], "text": texts}), str(tmp_path / "in.parquet")
+    )
     out = str(tmp_path / "q")
-    spec = jobkit.job_spec(tiny_st_model, str(tmp_path / "in.parquet"), out, policy={"on_bad_row": "quarantine"})
+    spec = jobkit.job_spec(
+        tiny_st_model, str(tmp_path / "in.parquet"), out, policy={"on_bad_row": "quarantine"}
+    )
     summary = run_job(spec, progress=False, keep_warm=True)
     assert summary["quarantined"] == 1 and summary["rows_written"] == 29
     errors = pq.read_table(os.path.join(out, "_errors")).to_pylist()

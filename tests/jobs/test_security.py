@@ -20,6 +20,7 @@ OPTS_SECRET = "opts-secret-Hq2Wj8Lz5Xc3Vb9N"
 OPTS_TOKEN = "opts-session-Rt6Yu1Io4Pa7Sd0F"
 
 
+@pytest.mark.slow
 def test_credentials_never_reach_outputs_or_logs(s3_server, jobio, tiny_st_model, tmp_path):
     """`embedjob run` with secrets in storage options AND the environment; grep every object and log for them."""
     import yaml

@@ -30,7 +30,10 @@ def test_minimal_spec_defaults():
         ({"output": {"uri": "o", "compression": "zip"}}, "output.compression: 'zip' is not one of"),
         ({"compute": {"batch_size": True}}, "compute.batch_size: expected int, got bool"),
         ({"compute": {"device": "tpu"}}, "compute.device: 'tpu' is not one of"),
-        ({"policy": {"on_bad_row": "skip"}}, "policy.on_bad_row: 'skip' is not one of ['fail', 'quarantine']"),
+        (
+            {"policy": {"on_bad_row": "skip"}},
+            "policy.on_bad_row: 'skip' is not one of ['fail', 'quarantine']",
+        ),
         ({"model": {"name": ""}}, "model.name: required"),
         ({"input": {"uri": "x", "passthrough": ["embedding"]}}, "input.passthrough[0]: 'embedding' clashes"),
         ({"model": {"name": "m", "prompt": "q: ", "prompt_name": "query"}}, "model.prompt: give either"),
@@ -44,7 +47,9 @@ def test_errors_name_the_field(patch, field):
 
 def test_yaml_and_flags_override(tmp_path):
     job = tmp_path / "job.yaml"
-    job.write_text("model: {name: a}\ninput: {uri: in, text_column: body}\noutput: {uri: out}\ncompute: {batch_size: 4}\n")
+    job.write_text(
+        "model: {name: a}\ninput: {uri: in, text_column: body}\noutput: {uri: out}\ncompute: {batch_size: 4}\n"
+    )
     spec = JobSpec.load(str(job), {"model.name": "b", "output.uri": "o2", "input.id_column": "key"})
     assert (spec.model.name, spec.output.uri, spec.input.id_column) == ("b", "o2", "key")
     assert spec.input.text_column == "body" and spec.compute.batch_size == 4
@@ -75,7 +80,9 @@ def test_python_package_model_resolves():
 
 
 def test_cli_invalid_spec_exits_nonzero_naming_field(tmp_path, capsys):
-    code = main(["run", "--model", "m", "--input", "x.parquet", "--output", str(tmp_path), "--precision", "fp8"])
+    code = main(
+        ["run", "--model", "m", "--input", "x.parquet", "--output", str(tmp_path), "--precision", "fp8"]
+    )
     assert code == 2
     assert "model.precision: 'fp8' is not one of" in capsys.readouterr().err
     code = main(["plan", "--model", "m", "--output", str(tmp_path)])
