@@ -1,6 +1,6 @@
 """Encode throughput on CPU: our EmbeddingModel vs sentence-transformers, same texts, model and batch size.
 
-    .venv/bin/python bench/bench_encode.py [--n 600] [--batch-size 32] [--threads 2] [--repeats 3] [--max-batch-tokens N]
+    .venv/bin/python bench/bench_encode.py [--n 600] [--batch-size 32] [--threads 2] [--repeats 2] [--max-batch-tokens N]
 
 Prints a Markdown table (texts/s, tokens/s, ratio) and checks that both produce the same vectors
 (per vector cosine >= 0.99999 and max |diff| <= 1e-4); exits 1 if they do not.
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=600, help="texts from sample/corpus.parquet")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (best is kept)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per implementation (best is kept)")
     parser.add_argument(
         "--max-batch-tokens", type=int, default=None, help="also time our token-budget batching"
     )

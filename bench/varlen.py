@@ -35,13 +35,21 @@ class PackedBert:
             wqkv = torch.cat([att.query.weight, att.key.weight, att.value.weight]).contiguous()
             bqkv = torch.cat([att.query.bias, att.key.bias, att.value.bias]).contiguous()
             out = layer.attention.output
-            self.layers.append({
-                "wqkv": wqkv, "bqkv": bqkv, "scale": float(att.scaling),
-                "wo": out.dense.weight, "bo": out.dense.bias, "ln1": (out.LayerNorm.weight, out.LayerNorm.bias),
-                "wi": layer.intermediate.dense.weight, "bi": layer.intermediate.dense.bias,
-                "wo2": layer.output.dense.weight, "bo2": layer.output.dense.bias,
-                "ln2": (layer.output.LayerNorm.weight, layer.output.LayerNorm.bias),
-            })
+            self.layers.append(
+                {
+                    "wqkv": wqkv,
+                    "bqkv": bqkv,
+                    "scale": float(att.scaling),
+                    "wo": out.dense.weight,
+                    "bo": out.dense.bias,
+                    "ln1": (out.LayerNorm.weight, out.LayerNorm.bias),
+                    "wi": layer.intermediate.dense.weight,
+                    "bi": layer.intermediate.dense.bias,
+                    "wo2": layer.output.dense.weight,
+                    "bo2": layer.output.dense.bias,
+                    "ln2": (layer.output.LayerNorm.weight, layer.output.LayerNorm.bias),
+                }
+            )
 
     @torch.inference_mode()
     def mean_pooled(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -99,12 +107,18 @@ class VarlenEncoder:
 
     def __init__(self, model: Any, max_tokens: int = 8192):
         first = model[0]
-        self.tokenizer = first.tokenizer.backend_tokenizer
+        from tokenizers import Tokenizer
+
+        # A private copy: the transformers wrapper re-applies its own padding settings to the shared one.
+        self.tokenizer = Tokenizer.from_str(first.tokenizer.backend_tokenizer.to_str())
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=first.max_seq_length)
         names = [type(m).__name__ for m in model]
         pooling = model[1]
-        if names[:2] != ["Transformer", "Pooling"] or getattr(pooling, "pooling_mode", "mean") not in ("mean", None):
+        if names[:2] != ["Transformer", "Pooling"] or getattr(pooling, "pooling_mode", "mean") not in (
+            "mean",
+            None,
+        ):
             raise ValueError(f"VarlenEncoder handles Transformer -> mean Pooling [-> Normalize], got {names}")
         self.normalize = "Normalize" in names
         self.bert = PackedBert(first.auto_model)

@@ -80,6 +80,8 @@ class EmbeddingModel(torch.nn.Sequential):
         if not loaded:
             raise ValueError("EmbeddingModel needs at least one module")
         super().__init__(loaded)
+        if not callable(getattr(self[0], "preprocess", None)):
+            raise ValueError(f"the first module must tokenise (an InputModule), got {type(self[0]).__name__}")
         self.model_path = model_path
         self.module_kwargs = module_kwargs
         self.options = options
@@ -348,6 +350,7 @@ class EmbeddingModel(torch.nn.Sequential):
         param = next(self.parameters(), None)
         return {
             "model_path": self.model_path,
+            "revision": snapshot_revision(self.model_path),
             "modules": [
                 {"name": n, "type": type_name_for(m), "config": m.get_config_dict()}
                 for n, m in self._modules.items()
@@ -361,6 +364,20 @@ class EmbeddingModel(torch.nn.Sequential):
             "device": str(self.device),
             "dtype": str(param.dtype).removeprefix("torch.") if param is not None else None,
         }
+
+
+def snapshot_revision(path: str | None) -> str | None:
+    """The commit hash when `path` is a huggingface_hub snapshot folder (.../snapshots/<40 hex>), else None."""
+    if not path:
+        return None
+    parent, name = os.path.split(os.path.normpath(path))
+    if (
+        os.path.basename(parent) == "snapshots"
+        and len(name) == 40
+        and all(c in "0123456789abcdef" for c in name)
+    ):
+        return name
+    return None
 
 
 def as_text_list(inputs: Any) -> tuple[list[str], bool]:

@@ -209,7 +209,10 @@ def _uses_safetensors(path: str, allow_pickle: bool) -> bool:
             "load; convert them to safetensors or pass allow_pickle=True if you trust this folder"
         )
     if not pickled:
-        raise FileNotFoundError(f"{path}: no model weights ({SAFETENSORS_FILES[0]} or {PICKLE_FILES[0]})")
+        raise FileNotFoundError(
+            f"{path}: no model weights ({SAFETENSORS_FILES[0]} or {PICKLE_FILES[0]}); from the hub, pickle "
+            "weights are only downloaded with allow_pickle=True"
+        )
     return False
 
 

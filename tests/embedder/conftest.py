@@ -81,12 +81,15 @@ def save_tiny_bert(
     seed: int = 0,
     safetensors: bool = True,
     model_max_length: int | None = None,
+    cased: bool = False,
 ) -> str:
     """Write a plain transformers folder (random tiny BertModel + tokenizer) to `path`; returns the path."""
     from transformers import BertConfig, BertModel
 
     path = str(path)
-    save_tiny_tokenizer(path, model_max_length=model_max_length or max_position_embeddings)
+    save_tiny_tokenizer(
+        path, model_max_length=model_max_length or max_position_embeddings, do_lower_case=not cased
+    )
     config = BertConfig(
         vocab_size=len(tiny_vocab()),
         hidden_size=hidden_size,

@@ -60,6 +60,7 @@ def hub_cache(tmp_path, tiny_bert_dir, monkeypatch) -> str:
 def test_load_by_id_from_cache(hub_cache, tiny_bert_dir, sample_texts, parity) -> None:
     model = EmbeddingModel("org/tiny", cache_folder=hub_cache, local_files_only=True, device="cpu")
     assert model.model_path == os.path.join(hub_cache, "models--org--tiny", "snapshots", SHA_MAIN)
+    assert model.describe()["revision"] == SHA_MAIN
     direct = EmbeddingModel(tiny_bert_dir("direct", st=True, seed=0), device="cpu")
     np.testing.assert_array_equal(model.encode(sample_texts), direct.encode(sample_texts))
     theirs = SentenceTransformer("org/tiny", cache_folder=hub_cache, local_files_only=True, device="cpu")

@@ -167,7 +167,7 @@ def test_surface(ours, st, minilm_path) -> None:
     info = ours.describe()
     json.dumps(info)
     assert [m["type"].rsplit(".", 1)[-1] for m in info["modules"]] == ["Transformer", "Pooling", "Normalize"]
-    assert info["embedding_dimension"] == 384 and info["dtype"] == "float32"
+    assert info["embedding_dimension"] == 384 and info["dtype"] == "float32" and info["revision"] is None
 
 
 def test_similarity_matches(ours, st, texts) -> None:
@@ -328,6 +328,8 @@ def test_from_modules_and_max_seq_length(tiny_bert_dir, sample_texts, parity) ->
     parity(ours.encode(sample_texts), theirs.encode(sample_texts))
     with pytest.raises(ValueError, match="model_name_or_path or modules"):
         EmbeddingModel()
+    with pytest.raises(ValueError, match="first module must tokenise.*got Pooling"):
+        EmbeddingModel(modules=[Pooling(32, "mean")], device="cpu")
 
 
 def test_truncate_dim_in_constructor(tiny_bert_dir, sample_texts, parity) -> None:

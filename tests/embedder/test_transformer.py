@@ -39,7 +39,8 @@ def test_tokens_match_sentence_transformers(
     tiny_bert_dir, minilm_path, do_lower_case: bool, tmp_path
 ) -> None:
     texts = ["Hello World", "THE Cat!", LONG, "", "naïve café"]
-    for path in (tiny_bert_dir(max_seq_length=20), minilm_path):
+    cased_path = tiny_bert_dir("cased", st=True, cased=True)
+    for path in (tiny_bert_dir(max_seq_length=20), cased_path, minilm_path):
         cfg = {"max_seq_length": 20, "do_lower_case": do_lower_case}
         if path == minilm_path:
             # Same weights, a config of our own: copy nothing, point both loaders at a temp sentence_bert_config.
@@ -55,6 +56,10 @@ def test_tokens_match_sentence_transformers(
         theirs = st_transformer(path).preprocess(texts)
         for key in ("input_ids", "attention_mask"):
             assert torch.equal(ours[key], theirs[key]), (path, key)
+    # The cased tokenizer keeps "Hello" (unknown pieces) unless do_lower_case lowercases it first.
+    cased = Transformer.load(cased_path)
+    hello = cased.tokenizer.convert_tokens_to_ids("hello")
+    assert (hello in cased.preprocess(["Hello"])["input_ids"][0].tolist()) == do_lower_case
 
 
 @pytest.mark.parametrize("prompt", ["query: ", "Represent this sentence for retrieval:", "a", "hello world "])
