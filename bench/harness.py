@@ -99,6 +99,7 @@ def plan_runs(a: argparse.Namespace, best_bs: int | None) -> list[Run]:
         ),
         Run("ours_b32", "ours encode b32", "ours_encode", "main", ["--batch-sizes", "32"]),
         Run("ours_budget", f"ours encode {a.max_batch_tokens} tok/batch", "ours_encode", "main", mbt),
+        Run("varlen", f"prototype: unpadded {a.max_batch_tokens} tok/chunk", "varlen", "main", mbt),
         Run(
             "job",
             "our job 1×2cpu",

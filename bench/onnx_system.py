@@ -71,6 +71,7 @@ def run_onnx(args: argparse.Namespace) -> dict[str, Any]:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(onnx_file, opts, providers=["CPUExecutionProvider"])
     budget = args.max_batch_tokens or 8192
+    stats = {"texts": 0, "tokens": 0, "padded_tokens": 0}
 
     def encode(batch_texts: list[str]) -> np.ndarray:
         lengths = first.text_lengths(batch_texts)
@@ -80,16 +81,20 @@ def run_onnx(args: argparse.Namespace) -> dict[str, Any]:
             f = first.preprocess([batch_texts[i] for i in b])
             feeds = {k: f[k].numpy() for k in ("input_ids", "attention_mask", "token_type_ids")}
             hidden = sess.run(["hidden"], feeds)[0]
+            stats["tokens"] += int(feeds["attention_mask"].sum())
+            stats["padded_tokens"] += int(feeds["attention_mask"].size)
             mask = feeds["attention_mask"][..., None].astype(np.float32)
             out[b] = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
     encode(texts[:WARMUP_TEXTS])
+    stats.update(tokens=0, padded_tokens=0)
     t0 = time.perf_counter()
     emb = encode(texts)
     wall = time.perf_counter() - t0
     np.save(os.path.join(args.out, "emb.npy"), emb)
-    return {"wall_s": wall, "max_batch_tokens": budget, "onnxruntime": ort.__version__}
+    stats["texts"] = len(texts)
+    return {"wall_s": wall, "max_batch_tokens": budget, "onnxruntime": ort.__version__, "counted": stats}
 
 
 SYSTEMS = {"onnx": run_onnx}

@@ -10,6 +10,7 @@ from typing import Any
 
 from jobs.spec import JobSpec, SpecError
 
+SHOWN_SHARDS = 50
 # flag dest -> dotted spec field
 FLAG_FIELDS = {
     "model": "model.name",
@@ -93,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibrate", action="store_true", help="time the model on a sample to estimate the run time"
     )
     plan.add_argument("--json", action="store_true", help="print the whole plan as JSON")
+    plan.add_argument(
+        "--all", action="store_true", help=f"list every shard (default: the first {SHOWN_SHARDS})"
+    )
     status = sub.add_parser(
         "status", help="a submitted job's status (--job-id) or an output's progress (--output)"
     )
@@ -136,13 +140,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**info, "shards": [s.to_dict() for s in plan.shards]}, indent=2))
         return 0
-    for s in plan.shards:
+    shown = plan.shards if args.all else plan.shards[:SHOWN_SHARDS]
+    for s in shown:
         print(f"{s.index:5d}  {s.shard_id}  {s.source}  rows {s.start}-{s.stop} ({s.rows})")
+    if len(shown) < len(plan.shards):
+        print(f"  ... {len(plan.shards) - len(shown)} more shards (--all lists them)")
     print(
         f"{info['shards']} shards, {info['rows']:,} rows in {info['files']} file(s); "
         f"~{info['est_tokens']:,} tokens (avg {info['avg_chars']} chars/row, chars/4)"
     )
-    if "est_seconds" in info:
+    if "est_seconds" not in info:
+        print("(--calibrate times the model on a sample of this input to estimate the run time)")
+    else:
         print(
             f"estimated time on one replica: {info['est_seconds']:,.0f} s at {info['tokens_per_s']:,.0f} tokens/s "
             f"(divide by the number of replicas)"

@@ -222,6 +222,8 @@ def run_job(
             existing = None
         if existing is not None:
             check_compatible(existing, job, spec.output.uri)
+            if not store.exists(PLAN_FILE):  # a run killed between the two metadata files
+                store.write_json(PLAN_FILE, plan.to_dict())
         else:
             store.write_json(JOB_FILE, job)
             store.write_json(PLAN_FILE, plan.to_dict())

@@ -162,7 +162,7 @@ class JobSpec:
         if i.format == "hf_hub" or (i.format == "auto" and i.dataset):
             if not i.dataset:
                 raise SpecError("input.dataset: required when input.format is 'hf_hub'")
-        elif i.format == "hf_files":
+        elif i.format == "hf_files" or (i.format == "auto" and i.data_files):
             if not i.data_files:
                 raise SpecError("input.data_files: required when input.format is 'hf_files'")
         elif not i.uri:
@@ -194,6 +194,10 @@ class JobSpec:
         _positive(p.retries, "policy.retries")
         _positive(p.shard_attempts, "policy.shard_attempts")
         _positive(p.max_text_chars, "policy.max_text_chars")
+        if self.previous_uri and self.previous_uri.rstrip("/") == o.uri.rstrip("/"):
+            raise SpecError(
+                f"previous: {self.previous_uri!r} is output.uri itself; point it at an earlier run's output"
+            )
         if self.previous and i.previous and self.previous != i.previous:
             raise SpecError(f"previous: {self.previous!r} disagrees with input.previous {i.previous!r}")
 

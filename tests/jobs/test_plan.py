@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pyarrow as pa
@@ -164,3 +165,17 @@ def test_plan_cli_prints_shards_and_estimate(tmp_path, capsys):
         main(["plan", "--model", "m", "--input", str(tmp_path), "--output", "o", "--id-column", "nope"]) == 1
     )
     assert "input.id_column: column 'nope' not found" in capsys.readouterr().err
+
+
+def test_hf_data_files(tmp_path):
+    rows = [{"id": i, "text": f"line {i}"} for i in range(30)]
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    spec = JobSpec.from_dict(
+        {
+            "model": "m",
+            "input": {"data_files": str(tmp_path / "a.jsonl"), "id_column": "id"},
+            "output": {"uri": "o", "rows_per_file": 20},
+        }
+    )
+    plan = plan_job(spec)
+    assert plan.kind == "dataset" and plan.rows == 30 and [s.rows for s in plan.shards] == [20, 10]

@@ -22,7 +22,7 @@ def texts_for(jobio, n: int, seed: int = 0) -> list[str]:
     return jobio.corpus(n, seed=seed)
 
 
-def test_parquet_files_with_row_groups(tmp_path, tiny_st_model, oracle, jobio, jobkit):
+def test_parquet_files_with_row_groups(tmp_path, tiny_st_model, oracle, jobio, jobkit, capsys):
     texts = texts_for(jobio, 130)
     texts[7] = ""  # an empty text is embedded, as sentence-transformers does
     lang = [["en", "de"][i % 2] for i in range(130)]
@@ -56,6 +56,12 @@ def test_parquet_files_with_row_groups(tmp_path, tiny_st_model, oracle, jobio, j
     assert job["versions"]["pyarrow"] == pa.__version__
     success = json.load(open(os.path.join(out, "_SUCCESS")))
     assert success["rows_written"] == 130
+    from jobs.cli import main
+
+    capsys.readouterr()
+    assert main(["status", "--output", out]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["complete"] and status["shards_committed"] == status["shards_total"] == len(records)
     lines = [json.loads(x) for x in open(tmp_path / "log.jsonl")]
     assert (
         sum(x["event"] == "shard_committed" for x in lines) == len(records)

@@ -92,3 +92,8 @@ def test_cli_invalid_spec_exits_nonzero_naming_field(tmp_path, capsys):
 def test_cli_set_any_field(tmp_path, capsys):
     code = main(["plan", "--model", "m", "--input", "x", "--output", "o", "--set", "model.normalize=maybe"])
     assert code == 2 and "model.normalize: expected bool" in capsys.readouterr().err
+
+
+def test_previous_must_not_be_the_output():
+    with pytest.raises(SpecError, match="previous: 'out/' is output.uri itself"):
+        JobSpec.from_dict({**BASE, "previous": "out/"})
