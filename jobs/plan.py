@@ -317,7 +317,9 @@ def duplicate_id_rows(spec: JobSpec, plan: Plan) -> dict[str, list[tuple[int, st
         first_shard, first_row = where(first)
         reason = f"duplicate id (first at {first_shard.source} row {first_row})"
         found.setdefault(shard.shard_id, []).append((row, reason))
-        lines.append(f"{all_ids[pos].as_py()!r} at {shard.source} row {row} (first at {first_shard.source} row {first_row})")
+        lines.append(
+            f"{all_ids[pos].as_py()!r} at {shard.source} row {row} (first at {first_shard.source} row {first_row})"
+        )
     if spec.policy.on_bad_row == "fail":
         more = f" (and {len(lines) - 5} more)" if len(lines) > 5 else ""
         raise PlanError(
@@ -331,7 +333,13 @@ def duplicate_id_rows(spec: JobSpec, plan: Plan) -> dict[str, list[tuple[int, st
 def _shard_ids(shard: Shard, inp: InputSpec, policy: RetryPolicy) -> pa.Array:
     """The id column of one shard's rows."""
     if shard.kind == "dataset":
-        return open_dataset(inp).select_columns([inp.id_column]).with_format("arrow")[shard.start : shard.stop].column(0).combine_chunks()
+        return (
+            open_dataset(inp)
+            .select_columns([inp.id_column])
+            .with_format("arrow")[shard.start : shard.stop]
+            .column(0)
+            .combine_chunks()
+        )
     fs, _ = open_input_fs(inp)
     pieces = []
     for group, group_start in zip(shard.row_groups, shard.group_starts, strict=True):
@@ -340,7 +348,9 @@ def _shard_ids(shard: Shard, inp: InputSpec, policy: RetryPolicy) -> pa.Array:
             with fs.open(shard.path, "rb") as f:
                 return pq.ParquetFile(f).read_row_group(g, columns=[inp.id_column])
 
-        table = call_with_retries(read, what=f"input {shard.path}: read ids of row group {group}", policy=policy)
+        table = call_with_retries(
+            read, what=f"input {shard.path}: read ids of row group {group}", policy=policy
+        )
         lo, hi = max(shard.start, group_start), min(shard.stop, group_start + table.num_rows)
         pieces.append(table.column(0).slice(lo - group_start, hi - lo).combine_chunks())
     return pa.concat_arrays(pieces)

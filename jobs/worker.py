@@ -137,7 +137,8 @@ class ShardWorker:
         tokens_before = self.stats().get("tokens", 0)
         previous = task.get("previous")
         lookup = PreviousLookup(**previous, policy=self.policy) if previous else None
-        known = {int(row): reason for row, reason in task.get("bad_rows") or []}  # found at plan time (duplicates)
+        # Rows found bad at plan time (repeated ids), by row number within the source.
+        known = {int(row): reason for row, reason in task.get("bad_rows") or []}
 
         dim, dtype = info["dimension"], np.dtype(info["dtype"])
         vectors = np.empty((shard.rows, dim), dtype)

@@ -1,0 +1,138 @@
+"""Unpadded ("packed") forward for BERT-family encoders: the same token embeddings, no compute on padding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+# Encoders whose layers are BERT's (query/key/value -> SelfOutput -> Intermediate -> Output) with absolute
+# position embeddings computed inside `embeddings`; anything else keeps the Hugging Face forward.
+PACKED_ARCHITECTURES = ("BertModel", "RobertaModel", "XLMRobertaModel", "CamembertModel")
+PACKED_ATTENTION = ("eager", "sdpa", None)
+
+
+def packed_support(model: Any) -> str | None:
+    """None when `model` can run packed with unchanged outputs, else the reason it cannot."""
+    name = type(model).__name__
+    if name not in PACKED_ARCHITECTURES:
+        return f"architecture {name!r} is not one of {PACKED_ARCHITECTURES}"
+    config = model.config
+    checks = {
+        "is_decoder": not getattr(config, "is_decoder", False),
+        "add_cross_attention": not getattr(config, "add_cross_attention", False),
+        "position_embedding_type": getattr(config, "position_embedding_type", "absolute") == "absolute",
+        "chunk_size_feed_forward": not getattr(config, "chunk_size_feed_forward", 0),
+        "_attn_implementation": getattr(config, "_attn_implementation", None) in PACKED_ATTENTION,
+    }
+    bad = [k for k, ok in checks.items() if not ok]
+    if bad:
+        return f"config {', '.join(f'{k}={getattr(config, k, None)!r}' for k in bad)} needs the HF forward"
+    for i, layer in enumerate(model.encoder.layer):
+        att = getattr(getattr(layer, "attention", None), "self", None)
+        parts = (att, getattr(att, "query", None), getattr(layer, "intermediate", None), getattr(layer, "output", None))
+        if any(p is None for p in parts) or not hasattr(att, "scaling"):
+            return f"encoder.layer[{i}] is not a BERT layer ({type(layer).__name__})"
+    return None
+
+
+def flash_varlen() -> Any:
+    """flash_attn's varlen kernel when the package is installed (CUDA, fp16/bf16 only), else None."""
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except Exception:  # not installed, or built for another torch/CUDA: the SDPA path is exact too
+        return None
+    return flash_attn_varlen_func
+
+
+class PackedEncoder:
+    """Runs a BERT-family AutoModel on the real tokens only; attention sees the padded layout with a key mask."""
+
+    def __init__(self, model: Any) -> None:
+        reason = packed_support(model)
+        if reason is not None:
+            raise ValueError(f"packed forward unsupported: {reason}")
+        self.model = model
+        self._qkv: dict[int, tuple[Any, torch.Tensor, torch.Tensor]] = {}
+
+    def fused_qkv(self, i: int, att: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Q, K and V weights stacked for one GEMM, rebuilt whenever the model's weights move or change dtype."""
+        key = (att.query.weight.data_ptr(), att.query.weight.dtype, att.query.weight.device)
+        cached = self._qkv.get(i)
+        if cached is None or cached[0] != key:
+            w = torch.cat([att.query.weight, att.key.weight, att.value.weight]).contiguous()
+            b = torch.cat([att.query.bias, att.key.bias, att.value.bias]).contiguous()
+            cached = (key, w, b)
+            self._qkv[i] = cached
+        return cached[1], cached[2]
+
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Last hidden states (batch, seq, hidden); padding positions hold zeros (every pooling masks them)."""
+        model = self.model
+        batch, seq = input_ids.shape
+        mask = attention_mask.bool()
+        # The embeddings module computes positions and token types from the padded layout, exactly as HF does.
+        emb = model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids)
+        hidden = emb.shape[-1]
+        dense = bool(mask.all())
+        index = None if dense else mask.reshape(-1).nonzero().squeeze(1)
+        x = emb.reshape(batch * seq, hidden)
+        if index is not None:
+            x = x.index_select(0, index)
+        lengths = mask.sum(dim=1, dtype=torch.int32)
+        flash = flash_varlen() if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) else None
+        varlen = None
+        if flash is not None:
+            # Row-major order keeps each row's real tokens together: exactly flash's varlen layout.
+            cu = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+            varlen = (flash, cu, int(lengths.max()))
+        key_mask = None if dense else mask[:, None, None, :]
+        for i, layer in enumerate(model.encoder.layer):
+            att = layer.attention.self
+            w, b = self.fused_qkv(i, att)
+            qkv = F.linear(x, w, b)
+            if varlen is not None:
+                fn, cu, longest = varlen
+                heads = att.num_attention_heads
+                q, k, v = qkv.view(-1, 3, heads, hidden // heads).unbind(1)
+                ctx = fn(q, k, v, cu, cu, longest, longest, softmax_scale=att.scaling).reshape(-1, hidden)
+            else:
+                ctx = padded_attention(qkv, index, key_mask, batch, seq, att.num_attention_heads, att.scaling)
+            x = layer.attention.output(ctx, x)
+            x = layer.output(layer.intermediate(x), x)
+        if index is None:
+            return x.view(batch, seq, hidden)
+        out = x.new_zeros(batch * seq, hidden)
+        out.index_copy_(0, index, x)
+        return out.view(batch, seq, hidden)
+
+
+def padded_attention(
+    qkv: torch.Tensor,
+    index: torch.Tensor | None,
+    key_mask: torch.Tensor | None,
+    batch: int,
+    seq: int,
+    heads: int,
+    scale: float,
+) -> torch.Tensor:
+    """Self-attention of packed (tokens, 3*hidden) projections, laid out padded so each row sees its own keys."""
+    width = qkv.shape[-1]
+    if index is not None:
+        full = qkv.new_zeros(batch * seq, width)
+        full.index_copy_(0, index, qkv)
+    else:
+        full = qkv
+    d = width // (3 * heads)
+    q, k, v = full.view(batch, seq, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=scale)
+    ctx = ctx.transpose(1, 2).reshape(batch * seq, heads * d)
+    return ctx if index is None else ctx.index_select(0, index)
+
