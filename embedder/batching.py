@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 
 def length_order(lengths: Sequence[int]) -> list[int]:
@@ -54,3 +55,16 @@ def batches_by_tokens(
 def padded_tokens(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> int:
     """Total tokens fed to the forward pass when each batch is padded to its longest row."""
     return sum(len(b) * max(int(lengths[i]) for i in b) for b in batches if b)
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_value: int, *, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention_mask) int64 tensors of shape (len(rows), longest row), padded on the right (or left)."""
+    longest = max((len(r) for r in rows), default=0)
+    ids = np.full((len(rows), longest), pad_value, dtype=np.int64)
+    mask = np.zeros((len(rows), longest), dtype=np.int64)
+    for i, row in enumerate(rows):
+        n = len(row)
+        cols = slice(longest - n, longest) if left else slice(0, n)
+        ids[i, cols] = row
+        mask[i, cols] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask)

@@ -98,11 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--all", action="store_true", help=f"list every shard (default: the first {SHOWN_SHARDS})"
     )
     status = sub.add_parser(
-        "status", help="a submitted job's status (--job-id) or an output's progress (--output)"
+        "status", help="an output's progress from its manifest (OUTPUT_URI), or a submitted job's (--job-id)"
     )
+    status.add_argument("output_uri", nargs="?", help="output URI to report committed shards of")
+    status.add_argument("--output", help="same as OUTPUT_URI")
     status.add_argument("--job-id")
     status.add_argument("--address")
-    status.add_argument("--output", help="output URI to report committed shards of")
+    status.add_argument("--json", action="store_true", help="print the progress as JSON")
     try:
         from jobs import submit
     except ImportError:
@@ -188,30 +190,40 @@ def cmd_status(args: argparse.Namespace) -> int:
             print("embedjob status --job-id: jobs.submit is not available", file=sys.stderr)
             return 2
         return submit.job_status(args.job_id, args.address)
-    if not args.output:
-        print("embedjob status: give --job-id ID [--address A] or --output URI", file=sys.stderr)
+    uri = args.output_uri or args.output
+    if not uri:
+        print("embedjob status: give OUTPUT_URI, or --job-id ID [--address A]", file=sys.stderr)
         return 2
-    from jobs.manifest import PLAN_FILE, SUCCESS_FILE, OutputStore
+    from jobs.manifest import OutputStore
+    from jobs.progress import output_progress
 
-    store = OutputStore(args.output)
-    plan = store.read_json(PLAN_FILE)
-    records = store.records()
-    success = store.read_json(SUCCESS_FILE)
-    total = len(plan["shards"]) if plan else None
-    print(
-        json.dumps(
-            {
-                "output": args.output,
-                "shards_committed": len(records),
-                "shards_total": total,
-                "rows_written": sum(r["rows"] for r in records),
-                "complete": success is not None,
-                "success": success,
-            },
-            indent=2,
+    progress = output_progress(OutputStore(uri))
+    if progress is None:
+        print(
+            f"embedjob status: {uri}: no _plan.json: not an embedjob output, or not started", file=sys.stderr
         )
-    )
+        return 1
+    if args.json:
+        print(json.dumps(progress, indent=2))
+    else:
+        print(format_status(progress))
     return 0
+
+
+def format_status(p: dict) -> str:
+    """One human-readable paragraph of an output's progress."""
+    state = "complete" if p["complete"] else "in progress (or stopped)"
+    lines = [
+        f"{p['output']}: {state}",
+        f"  shards {p['shards_committed']:,} of {p['shards_total']:,} committed; "
+        f"rows {p['rows_committed']:,} of {p['rows_total']:,} ({p['percent']:.1f}%)",
+    ]
+    if p["rows_per_s"]:
+        eta = f", ETA {p['eta_s']:.0f} s at that rate" if p["eta_s"] else ""
+        lines.append(f"  rate {p['rows_per_s']:,.1f} rows/s over the committed shards{eta}")
+    if p["quarantined"]:
+        lines.append(f"  quarantined rows {p['quarantined']:,} (see _errors/)")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ import sys
 import time
 from typing import IO, Any
 
+from jobs.manifest import PLAN_FILE, SUCCESS_FILE, OutputStore
 from jobs.redact import redact
 
 
@@ -106,3 +107,40 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"quarantined {summary['quarantined']:,} (shards already committed: {summary['skipped_shards']})\n"
         f"  {summary['seconds']:.1f} s, {summary['rows_per_s'] or 0:,.1f} rows/s, {summary['tokens_per_s'] or 0:,.0f} tokens/s"
     )
+
+
+def output_progress(store: OutputStore) -> dict[str, Any] | None:
+    """Progress of a run read from its output alone: planned vs committed shards and rows, rate, ETA."""
+    plan = store.read_json(PLAN_FILE)
+    if plan is None:
+        return None
+    records = store.records()
+    success = store.read_json(SUCCESS_FILE)
+    rows_total = sum(s["stop"] - s["start"] for s in plan["shards"])
+    rows_in = sum(r.get("rows_in", r["rows"]) for r in records)
+    stamps = [
+        (r["committed_at"] - r.get("seconds", 0.0), r["committed_at"]) for r in records if "committed_at" in r
+    ]
+    rate = None
+    if stamps:
+        span = max(end for _, end in stamps) - min(start for start, _ in stamps)
+        rate = (
+            sum(r.get("rows_in", r["rows"]) for r in records if "committed_at" in r) / span
+            if span > 0
+            else None
+        )
+    remaining = rows_total - rows_in
+    return {
+        "output": store.uri,
+        "complete": success is not None,
+        "shards_total": len(plan["shards"]),
+        "shards_committed": len(records),
+        "rows_total": rows_total,
+        "rows_committed": rows_in,
+        "rows_written": sum(r["rows"] for r in records),
+        "quarantined": sum(r.get("quarantined", 0) for r in records),
+        "percent": 100.0 * rows_in / rows_total if rows_total else 100.0,
+        "rows_per_s": rate,
+        "eta_s": remaining / rate if rate and remaining > 0 else None,
+        "success": success,
+    }

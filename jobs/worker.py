@@ -237,6 +237,7 @@ class ShardWorker:
             "text_hash_digest": digest(hashes, size=16),
             "tokens": self.stats().get("tokens", 0) - tokens_before,
             "seconds": round(time.perf_counter() - started, 3),
+            "committed_at": round(time.time(), 3),
         }
         # The record is the commit: written only after the data file sits whole at its final name.
         self.out.write_json(record_name, record)

@@ -11,7 +11,9 @@ import transformers
 from packaging.version import Version
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from embedder.batching import pad_rows
 from embedder.modules.base import Features, InputModule, LoadOptions, load_config, save_config
+from embedder.modules.packed_bert import PACKED_ATTENTION, PackedEncoder, packed_support
 
 CONFIG_FILE = "sentence_bert_config.json"
 # Older sentence-transformers releases named the module config after the architecture.
@@ -49,12 +51,15 @@ class Transformer(InputModule):
         config_args: dict[str, Any] | None = None,
         trust_remote_code: bool = False,
         allow_pickle: bool = False,
+        packed: bool = True,
     ) -> None:
         super().__init__()
         path = model_name_or_path
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{path}: Transformer needs a local model folder (resolve hub ids first)")
         model_args = _with_dtype(dict(model_args or {}))
+        # Ours, not a from_pretrained argument: model_kwargs={"packed": False} turns the unpadded forward off.
+        packed = bool(model_args.pop("packed", packed))
         tokenizer_args = dict(tokenizer_args or {})
         config_args = dict(config_args or {})
         self.do_lower_case = bool(do_lower_case)
@@ -87,6 +92,30 @@ class Transformer(InputModule):
             _add_lowercase(self.tokenizer)
         forward_params = inspect.signature(self.auto_model.forward).parameters
         self._input_keys = tuple(k for k in MODEL_INPUT_KEYS if k in forward_params) or MODEL_INPUT_KEYS[:2]
+        self._packed: PackedEncoder | None = None
+        self.packed = packed
+
+    @property
+    def packed(self) -> bool:
+        """Whether forward skips padding (BERT-family models only; same token embeddings as the HF forward)."""
+        return self._packed is not None
+
+    @packed.setter
+    def packed(self, value: bool) -> None:
+        self._packed = PackedEncoder(self.auto_model) if value and packed_support(self.auto_model) is None else None
+
+    def _use_packed(self, inputs: dict[str, Any]) -> bool:
+        config = self.auto_model.config
+        return (
+            self._packed is not None
+            and not self.auto_model.training
+            and isinstance(inputs.get("attention_mask"), torch.Tensor)
+            and isinstance(inputs.get("input_ids"), torch.Tensor)
+            and inputs["input_ids"].dim() == 2
+            and not getattr(config, "output_hidden_states", False)
+            and not getattr(config, "output_attentions", False)
+            and getattr(config, "_attn_implementation", None) in PACKED_ATTENTION
+        )
 
     @property
     def max_seq_length(self) -> int | None:
@@ -133,9 +162,41 @@ class Transformer(InputModule):
         """Token counts per text (special tokens included, after truncation): what batching sorts and budgets by."""
         return [len(ids) for ids in self._tokenize(list(texts))["input_ids"]]
 
+    def tokenize_unpadded(self, texts: list[str], *, prompt: str | None = None) -> dict[str, list] | None:
+        """Token ids per text (`prompt + text`, truncated, unpadded), for `collate`; None if we cannot pad them."""
+        if self.tokenizer.pad_token_id is None:
+            return None
+        if prompt:
+            texts = [prompt + t for t in texts]
+        encoded = self._tokenize(list(texts), return_attention_mask=False)
+        return {k: v for k, v in encoded.items() if k in ("input_ids", "token_type_ids")}
+
+    def collate(
+        self, encoded: dict[str, list], rows: list[int], *, prompt: str | None = None, task: str | None = None
+    ) -> Features:
+        """The features `preprocess` would give for texts `rows` of a `tokenize_unpadded` result (same tensors)."""
+        tok = self.tokenizer
+        left = tok.padding_side == "left"
+        ids = [encoded["input_ids"][i] for i in rows]
+        input_ids, mask = pad_rows(ids, tok.pad_token_id, left=left)
+        features: Features = {"input_ids": input_ids}
+        if "token_type_ids" in encoded:
+            types = [encoded["token_type_ids"][i] for i in rows]
+            features["token_type_ids"] = pad_rows(types, tok.pad_token_type_id, left=left)[0]
+        if "attention_mask" in tok.model_input_names:
+            features["attention_mask"] = mask
+        if prompt:
+            features["prompt_length"] = self.prompt_length(prompt)
+        if task is not None:
+            features["task"] = task
+        return features
+
     def forward(self, features: Features) -> Features:
         """Run the model; add `token_embeddings` and, when the config asks for hidden states, `all_layer_embeddings`."""
         inputs = {k: features[k] for k in self._input_keys if k in features}
+        if self._use_packed(inputs):
+            features["token_embeddings"] = self._packed(**inputs)
+            return features
         output = self.auto_model(**inputs, return_dict=True)
         features["token_embeddings"] = output[0]
         if (

@@ -59,9 +59,10 @@ def test_parquet_files_with_row_groups(tmp_path, tiny_st_model, oracle, jobio, j
     from jobs.cli import main
 
     capsys.readouterr()
-    assert main(["status", "--output", out]) == 0
+    assert main(["status", out, "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["complete"] and status["shards_committed"] == status["shards_total"] == len(records)
+    assert status["rows_committed"] == status["rows_total"] == 130 and status["rows_per_s"] > 0
     lines = [json.loads(x) for x in open(tmp_path / "log.jsonl")]
     assert (
         sum(x["event"] == "shard_committed" for x in lines) == len(records)
