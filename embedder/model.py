@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import transformers
 
-from embedder import batching, hub
+from embedder import encode_loop, hub
 from embedder.modules import LoadOptions, Module, module_class, type_name_for
 from embedder.quantize import Precision, check_precision, quantize_embeddings
 from embedder.similarity import (
@@ -191,6 +191,7 @@ class EmbeddingModel(torch.nn.Sequential):
         convert_to_tensor: bool = False,
         show_progress_bar: bool | None = None,
         max_batch_tokens: int | None = None,
+        batching: encode_loop.Batching = "tokens",
     ) -> np.ndarray | torch.Tensor | list[torch.Tensor]:
         """Embed `inputs` (a string -> 1-D vector, a list -> (n, dim)) in input order.
 
@@ -200,6 +201,7 @@ class EmbeddingModel(torch.nn.Sequential):
         `normalize_embeddings`, quantisation (`precision`) after both, over the whole call's vectors.
         """
         check_precision(precision)
+        encode_loop.check_batching(batching)
         if batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
         texts, single = as_text_list(inputs)
@@ -209,38 +211,41 @@ class EmbeddingModel(torch.nn.Sequential):
             return self._empty(precision, convert_to_tensor, convert_to_numpy)
 
         first = self[0]
-        if max_batch_tokens is not None:
-            # A token budget needs real token counts (the input module's own measure, prompt included).
-            lengths = first.text_lengths([prompt + t for t in texts] if prompt else texts)
-            order = batching.length_order(lengths)
-            batches = batching.batches_by_tokens(order, lengths, max_batch_tokens)
-        else:
-            # Characters, as sentence-transformers sorts: same batches, hence bit-identical vectors.
-            lengths = [len(t) for t in texts]
-            order = batching.length_order(lengths)
-            batches = batching.batches_by_count(order, batch_size)
+        encoded, lengths, order, batches = encode_loop.plan(
+            first,
+            texts,
+            prompt=prompt,
+            batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens,
+            batching_mode=batching,
+        )
         if show_progress_bar:
             from tqdm.auto import tqdm
 
             batches = tqdm(batches, desc="Batches")
 
         device = self.device
-        chunks: list[torch.Tensor] = []
+
+        def postprocess(emb: torch.Tensor) -> torch.Tensor:
+            if truncate_dim is not None:
+                emb = emb[..., :truncate_dim]
+            if normalize_embeddings:
+                emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
+            return emb
+
+        items = encode_loop.batch_features(
+            first, texts, encoded, batches, prompt=prompt, task=task, prefetch=device.type == "cuda"
+        )
         self.eval()
         with torch.inference_mode():
-            for batch in batches:
-                features = first.preprocess([texts[i] for i in batch], prompt=prompt, task=task)
-                self._count(features, [lengths[i] for i in batch])
-                features = {
-                    k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()
-                }
-                emb = self(features)["sentence_embedding"]
-                if truncate_dim is not None:
-                    emb = emb[..., :truncate_dim]
-                if normalize_embeddings:
-                    emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
-                chunks.append(emb.float() if convert_to_tensor else emb.float().cpu())
-        sorted_emb = torch.cat(chunks)
+            sorted_emb = encode_loop.run(
+                self,
+                items,
+                device,
+                postprocess=postprocess,
+                on_batch=lambda batch, features: self._count(features, [lengths[i] for i in batch]),
+                keep_on_device=convert_to_tensor,
+            )
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[torch.tensor(order)] = torch.arange(len(order))
         embeddings = sorted_emb[inverse.to(sorted_emb.device)]

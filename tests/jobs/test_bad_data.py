@@ -106,6 +106,10 @@ def test_cli_exit_status_and_summary(tmp_path, jobio, tiny_st_model, capsys):
     assert "file-0.parquet" in err and "row 3: null text" in err
     assert cli_main([*base, "--output", str(tmp_path / "s"), "--on-bad-row", "skip"]) == 2
     assert "policy.on_bad_row" in capsys.readouterr().err
+    assert cli_main([*base, "--text-column", "body", "--output", str(tmp_path / "m")]) == 1  # before work
+    err = capsys.readouterr().err
+    assert "input.text_column: column 'body' not found in" in err and "file-0.parquet" in err
+    assert not (tmp_path / "m").exists()
     clean = tmp_path / "clean"
     clean.mkdir()
     pq.write_table(pa.table({"id": ["a", "b"], "text": ["hello world", "the cat"]}), str(clean / "c.parquet"))

@@ -108,6 +108,7 @@ def s3_job(s3_server, model: str, inp: str, out: str, **policy) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_job_s3_to_s3(s3_server, jobio, tiny_st_model, ray_local):
     from embedder import EmbeddingModel
     from jobs.run import run_job
