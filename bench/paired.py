@@ -19,42 +19,66 @@ from bench.corpus import model_path
 from bench.metrics import parity
 from bench.systems import WARMUP_TEXTS, read_input
 
-VARIANTS = ("st_b32", "ours_b32", "ours_budget", "varlen")
+VARIANTS = ("st", "ours", "budget", "tokensorted", "varlen")
+DEFAULT_VARIANTS = "st:32,budget:8192,tokensorted:32,varlen:8192"
 
 
-def build_variants(names: list[str], max_batch_tokens: int) -> dict[str, Callable[[list[str]], np.ndarray]]:
-    """name -> encode function, loading each model once."""
+def token_sorted_encode(model: Any, texts: list[str], batch_size: int) -> np.ndarray:
+    """Our model's forward on batches of `batch_size` texts sorted by token count (not characters)."""
+    import torch
+
+    from embedder import batching
+
+    first = model[0]
+    lengths = first.text_lengths(texts)
+    order = batching.length_order(lengths)
+    out = torch.empty(len(texts), model.get_embedding_dimension())
+    with torch.inference_mode():
+        for b in batching.batches_by_count(order, batch_size):
+            out[torch.tensor(b)] = model(first.preprocess([texts[i] for i in b]))["sentence_embedding"]
+    return out.numpy()
+
+
+def build_variants(specs: list[str]) -> dict[str, Callable[[list[str]], np.ndarray]]:
+    """`name:value` -> encode function (value: batch size, or tokens per batch), loading each model once."""
     fns: dict[str, Callable[[list[str]], np.ndarray]] = {}
-    ours = None
-    for name in names:
-        if name not in VARIANTS:
-            raise ValueError(f"unknown paired variant {name!r}; valid: {', '.join(VARIANTS)}")
-        if name == "st_b32":
-            from sentence_transformers import SentenceTransformer
+    ours = st = None
+    for spec in specs:
+        name, _, value = spec.partition(":")
+        if name not in VARIANTS or not value.isdigit():
+            raise ValueError(
+                f"bad paired variant {spec!r}; expected NAME:NUMBER with NAME one of {', '.join(VARIANTS)}"
+            )
+        n = int(value)
+        if name == "st":
+            if st is None:
+                from sentence_transformers import SentenceTransformer
 
-            st = SentenceTransformer(model_path(), device="cpu")
-            fns[name] = lambda t, st=st: st.encode(t, batch_size=32)
+                st = SentenceTransformer(model_path(), device="cpu")
+            fns[spec] = lambda t, m=st, n=n: m.encode(t, batch_size=n)
             continue
         if ours is None:
             from embedder import EmbeddingModel
 
             ours = EmbeddingModel(model_path(), device="cpu")
-        if name == "ours_b32":
-            fns[name] = lambda t, m=ours: np.asarray(m.encode(t, batch_size=32))
-        elif name == "ours_budget":
-            fns[name] = lambda t, m=ours: np.asarray(m.encode(t, max_batch_tokens=max_batch_tokens))
+        if name == "ours":
+            fns[spec] = lambda t, m=ours, n=n: np.asarray(m.encode(t, batch_size=n))
+        elif name == "budget":
+            fns[spec] = lambda t, m=ours, n=n: np.asarray(m.encode(t, max_batch_tokens=n))
+        elif name == "tokensorted":
+            fns[spec] = lambda t, m=ours, n=n: token_sorted_encode(m, t, n)
         else:
             from bench.varlen import VarlenEncoder
 
-            fns[name] = VarlenEncoder(ours, max_tokens=max_batch_tokens).encode
+            fns[spec] = VarlenEncoder(ours, max_tokens=n).encode
     return fns
 
 
 def run_paired(args: argparse.Namespace) -> dict[str, Any]:
     """Time every variant on each of `--chunks` chunks, rotating which goes first; totals, ratios and parity."""
     _, texts = read_input(args.input)
-    names = list(args.variants.split(",")) if args.variants else list(VARIANTS)
-    fns = build_variants(names, args.max_batch_tokens or 8192)
+    names = (args.variants or DEFAULT_VARIANTS).split(",")
+    fns = build_variants(names)
     for fn in fns.values():
         fn(texts[:WARMUP_TEXTS])
     k = max(1, min(args.chunks, len(texts)))

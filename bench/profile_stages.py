@@ -98,8 +98,15 @@ def run_profile(args: argparse.Namespace) -> dict[str, Any]:
     model.encode(texts[:64], **kwargs)
     timer = StageTimer()
     first = model[0]
-    first.text_lengths = timer.wrap("token counts for sorting (tokenise #1)", first.text_lengths)
-    first.preprocess = timer.wrap("tokenise + pad batches (tokenise #2)", first.preprocess)
+    # Wrap whichever tokenising entry points the input module has (they changed as encode evolved).
+    for attr, stage in (
+        ("tokenize_unpadded", "tokenise all texts once"),
+        ("collate", "collate / pad batches"),
+        ("text_lengths", "token counts for sorting"),
+        ("preprocess", "tokenise + pad batches"),
+    ):
+        if callable(getattr(first, attr, None)):
+            setattr(first, attr, timer.wrap(stage, getattr(first, attr)))
     timer.hook(first, "transformer forward")
     for name, module in list(model.named_children())[1:]:
         timer.hook(module, f"{type(module).__name__} ({name})")

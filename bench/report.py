@@ -36,6 +36,7 @@ MAIN_HEADERS = (
     "% of bound",
     "min cos vs ST",
     "wall s",
+    "CPU s",
     "other load",
 )
 
@@ -56,6 +57,7 @@ def main_table(rows: Sequence[dict[str, Any]]) -> str:
                 fmt(r.get("bound_frac"), ".0%"),
                 fmt(r.get("min_cos"), ".6f"),
                 fmt(r["wall_s"], ".1f"),
+                fmt(r.get("cpu_s"), ".1f"),
                 fmt(r.get("other_load"), ".2f"),
             )
         )

@@ -57,7 +57,9 @@ def padded_tokens(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> i
     return sum(len(b) * max(int(lengths[i]) for i in b) for b in batches if b)
 
 
-def pad_rows(rows: Sequence[Sequence[int]], pad_value: int, *, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_rows(
+    rows: Sequence[Sequence[int]], pad_value: int, *, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, attention_mask) int64 tensors of shape (len(rows), longest row), padded on the right (or left)."""
     longest = max((len(r) for r in rows), default=0)
     ids = np.full((len(rows), longest), pad_value, dtype=np.int64)

@@ -52,11 +52,19 @@ class EmbeddingModel(torch.nn.Sequential):
         tokenizer_kwargs: dict[str, Any] | None = None,
         config_kwargs: dict[str, Any] | None = None,
         allow_pickle: bool = False,
+        dtype: str | torch.dtype | None = None,
+        packed: bool | None = None,
     ) -> None:
+        model_kwargs = dict(model_kwargs or {})
+        # Shorthands for model_kwargs: dtype ("float16", torch.bfloat16...) and packed (False: HF forward).
+        if dtype is not None:
+            model_kwargs["dtype"] = dtype
+        if packed is not None:
+            model_kwargs["packed"] = packed
         options = LoadOptions(
             trust_remote_code=trust_remote_code,
             allow_pickle=allow_pickle,
-            model_kwargs=dict(model_kwargs or {}),
+            model_kwargs=model_kwargs,
             tokenizer_kwargs=dict(tokenizer_kwargs or {}),
             config_kwargs=dict(config_kwargs or {}),
         )
@@ -191,14 +199,16 @@ class EmbeddingModel(torch.nn.Sequential):
         convert_to_tensor: bool = False,
         show_progress_bar: bool | None = None,
         max_batch_tokens: int | None = None,
-        batching: encode_loop.Batching = "tokens",
+        batching: encode_loop.Batching = "sentence-transformers",
     ) -> np.ndarray | torch.Tensor | list[torch.Tensor]:
         """Embed `inputs` (a string -> 1-D vector, a list -> (n, dim)) in input order.
 
-        Inputs are sorted longest first and cut into batches of `batch_size` (sorted by characters, as
-        sentence-transformers does), or by token count into batches of at most `max_batch_tokens` padded
-        tokens; each batch is padded only to its own longest text. `truncate_dim` applies before
-        `normalize_embeddings`, quantisation (`precision`) after both, over the whole call's vectors.
+        Texts are tokenised once and sorted longest first. By default they are sorted by characters and cut into
+        `batch_size` texts per batch, as sentence-transformers does (bit-identical vectors, so int8 buckets match
+        too). `batching="tokens"` or a `max_batch_tokens` sorts by token count, cuts batches by a padded-token
+        budget (see encode_loop.plan) and runs BERT-family encoders unpadded (packed): much faster, vectors
+        within ~1e-6 of sentence-transformers'.
+        `truncate_dim` applies before `normalize_embeddings`, quantisation (`precision`) after both.
         """
         check_precision(precision)
         encode_loop.check_batching(batching)
@@ -212,43 +222,28 @@ class EmbeddingModel(torch.nn.Sequential):
 
         first = self[0]
         encoded, lengths, order, batches = encode_loop.plan(
-            first,
-            texts,
-            prompt=prompt,
-            batch_size=batch_size,
-            max_batch_tokens=max_batch_tokens,
-            batching_mode=batching,
-        )
+            first, texts, prompt=prompt, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+            batching_mode=batching, device=self.device,
+        )  # fmt: skip
         if show_progress_bar:
             from tqdm.auto import tqdm
 
             batches = tqdm(batches, desc="Batches")
-
-        device = self.device
-
-        def postprocess(emb: torch.Tensor) -> torch.Tensor:
-            if truncate_dim is not None:
-                emb = emb[..., :truncate_dim]
-            if normalize_embeddings:
-                emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
-            return emb
-
         items = encode_loop.batch_features(
-            first, texts, encoded, batches, prompt=prompt, task=task, prefetch=device.type == "cuda"
-        )
+            first, texts, encoded, batches, prompt=prompt, task=task, prefetch=self.device.type == "cuda",
+            packed=encode_loop.uses_packed(batching, max_batch_tokens),
+        )  # fmt: skip
         self.eval()
         with torch.inference_mode():
             sorted_emb = encode_loop.run(
                 self,
                 items,
-                device,
-                postprocess=postprocess,
+                self.device,
+                postprocess=lambda emb: encode_loop.finish(emb, truncate_dim, normalize_embeddings),
                 on_batch=lambda batch, features: self._count(features, [lengths[i] for i in batch]),
                 keep_on_device=convert_to_tensor,
             )
-        inverse = torch.empty(len(order), dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(len(order))
-        embeddings = sorted_emb[inverse.to(sorted_emb.device)]
+        embeddings = encode_loop.unsort(sorted_emb, order)
 
         if precision != "float32":
             quantized = torch.from_numpy(quantize_embeddings(embeddings, precision))

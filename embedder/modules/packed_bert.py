@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -31,19 +32,31 @@ def packed_support(model: Any) -> str | None:
         return f"config {', '.join(f'{k}={getattr(config, k, None)!r}' for k in bad)} needs the HF forward"
     for i, layer in enumerate(model.encoder.layer):
         att = getattr(getattr(layer, "attention", None), "self", None)
-        parts = (att, getattr(att, "query", None), getattr(layer, "intermediate", None), getattr(layer, "output", None))
+        parts = (
+            att,
+            getattr(att, "query", None),
+            getattr(layer, "intermediate", None),
+            getattr(layer, "output", None),
+        )
         if any(p is None for p in parts) or not hasattr(att, "scaling"):
             return f"encoder.layer[{i}] is not a BERT layer ({type(layer).__name__})"
     return None
 
 
-def flash_varlen() -> Any:
-    """flash_attn's varlen kernel when the package is installed (CUDA, fp16/bf16 only), else None."""
+def flash_varlen(x: torch.Tensor | None = None) -> Any:
+    """flash_attn's packed-QKV varlen kernel if installed and `x` is a CUDA fp16/bf16 tensor, else None."""
+    if x is not None and not (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)):
+        return None
+    return _flash_kernel()
+
+
+@functools.lru_cache(maxsize=1)
+def _flash_kernel() -> Any:
     try:
-        from flash_attn import flash_attn_varlen_func
+        from flash_attn import flash_attn_varlen_qkvpacked_func
     except Exception:  # not installed, or built for another torch/CUDA: the SDPA path is exact too
         return None
-    return flash_attn_varlen_func
+    return flash_attn_varlen_qkvpacked_func
 
 
 class PackedEncoder:
@@ -86,11 +99,11 @@ class PackedEncoder:
         x = emb.reshape(batch * seq, hidden)
         if index is not None:
             x = x.index_select(0, index)
-        lengths = mask.sum(dim=1, dtype=torch.int32)
-        flash = flash_varlen() if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) else None
+        flash = flash_varlen(x)
         varlen = None
         if flash is not None:
             # Row-major order keeps each row's real tokens together: exactly flash's varlen layout.
+            lengths = mask.sum(dim=1, dtype=torch.int32)
             cu = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
             varlen = (flash, cu, int(lengths.max()))
         key_mask = None if dense else mask[:, None, None, :]
@@ -101,8 +114,8 @@ class PackedEncoder:
             if varlen is not None:
                 fn, cu, longest = varlen
                 heads = att.num_attention_heads
-                q, k, v = qkv.view(-1, 3, heads, hidden // heads).unbind(1)
-                ctx = fn(q, k, v, cu, cu, longest, longest, softmax_scale=att.scaling).reshape(-1, hidden)
+                packed_qkv = qkv.view(-1, 3, heads, hidden // heads)
+                ctx = fn(packed_qkv, cu, longest, softmax_scale=att.scaling).reshape(-1, hidden)
             else:
                 ctx = padded_attention(qkv, index, key_mask, batch, seq, att.num_attention_heads, att.scaling)
             x = layer.attention.output(ctx, x)
@@ -135,4 +148,3 @@ def padded_attention(
     ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=scale)
     ctx = ctx.transpose(1, 2).reshape(batch * seq, heads * d)
     return ctx if index is None else ctx.index_select(0, index)
-

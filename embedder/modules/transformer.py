@@ -29,6 +29,8 @@ SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 # Inputs a Hugging Face forward pass takes from our features; the rest (prompt_length, task...) is ours.
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+# A feature that asks forward for the unpadded (packed) path when the model supports it.
+PACKED_KEY = "packed_forward"
 # transformers renamed `torch_dtype` to `dtype` in 4.56.
 DTYPE_KEY = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
 
@@ -102,7 +104,9 @@ class Transformer(InputModule):
 
     @packed.setter
     def packed(self, value: bool) -> None:
-        self._packed = PackedEncoder(self.auto_model) if value and packed_support(self.auto_model) is None else None
+        self._packed = (
+            PackedEncoder(self.auto_model) if value and packed_support(self.auto_model) is None else None
+        )
 
     def _use_packed(self, inputs: dict[str, Any]) -> bool:
         config = self.auto_model.config
@@ -194,7 +198,9 @@ class Transformer(InputModule):
     def forward(self, features: Features) -> Features:
         """Run the model; add `token_embeddings` and, when the config asks for hidden states, `all_layer_embeddings`."""
         inputs = {k: features[k] for k in self._input_keys if k in features}
-        if self._use_packed(inputs):
+        # Only on request (encode's token batching): its padding rows hold zeros, not HF's values, and its
+        # vectors differ from HF's in the last bit now and then, which can move an int8 bucket edge.
+        if features.get(PACKED_KEY) and self._use_packed(inputs):
             features["token_embeddings"] = self._packed(**inputs)
             return features
         output = self.auto_model(**inputs, return_dict=True)
