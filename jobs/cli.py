@@ -246,10 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         from jobs.manifest import OutputConflict
         from jobs.plan import PlanError
+        from jobs.redact import redact_text
+        from jobs.retry import StorageError
         from jobs.run import JobError
 
-        if isinstance(e, (PlanError, OutputConflict, JobError)):
-            print(f"embedjob: {type(e).__name__}: {e}", file=sys.stderr)
+        if isinstance(e, (PlanError, OutputConflict, JobError, StorageError)):
+            print(f"embedjob: {type(e).__name__}: {redact_text(str(e))}", file=sys.stderr)
             return 1
         raise
     return 0

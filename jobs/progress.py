@@ -105,6 +105,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"done: {summary['rows']:,} rows in {summary['shards']} shards -> {summary['output']}\n"
         f"  embedded {summary['embedded']:,}, reused {summary['reused']:,}, deleted {summary.get('deleted', 0):,}, "
         f"quarantined {summary['quarantined']:,} (shards already committed: {summary['skipped_shards']})\n"
+        f"  rows: {summary['rows']:,} in = {summary.get('rows_written', 0):,} written"
+        f" + {summary['quarantined']:,} quarantined\n"
         f"  {summary['seconds']:.1f} s, {summary['rows_per_s'] or 0:,.1f} rows/s, {summary['tokens_per_s'] or 0:,.0f} tokens/s"
     )
 

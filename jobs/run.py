@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -166,7 +167,7 @@ def _get_pool(spec: JobSpec, max_replicas: int, keep_warm: bool) -> ReplicaPool:
 
 
 def _release_pool(pool: ReplicaPool, spec: JobSpec, keep_warm: bool) -> None:
-    if keep_warm:
+    if keep_warm and not getattr(pool, "broken", False):
         _WARM[_pool_key(spec)] = pool
     else:
         pool.shutdown()
@@ -215,7 +216,7 @@ def run_job(
         committed = set() if overwrite else store.committed_ids()
         todo = [s for s in plan.shards if s.shard_id not in committed]
         pool = _get_pool(spec, max(1, len(todo)), keep_warm and not started_ray)
-        info = ray.get(pool.slots[0].actor.info.remote(spec.to_dict()))
+        info = _first_info(pool, spec)
         job = job_metadata(spec, plan, info)
         if overwrite:
             store.clear()
@@ -267,6 +268,26 @@ def run_job(
             _release_pool(pool, spec, keep_warm and not started_ray)
         if started_ray:
             ray.shutdown()
+
+
+def _first_info(pool: ReplicaPool, spec: JobSpec) -> dict[str, Any]:
+    """The model info from the first replica; a replica that cannot load the model is a JobError naming why."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    try:
+        return ray.get(pool.slots[0].actor.info.remote(spec.to_dict()))
+    except RayActorError as e:
+        if not getattr(e, "actor_init_failed", False):
+            raise
+        # The remote traceback ends with the loader's own message (allow_pickle, trust_remote_code, ...).
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        starts = [k for k, line in enumerate(lines) if re.match(r"^[\w.]+(Error|Exception): ", line)]
+        cause = " ".join(lines[starts[-1] :] if starts else lines[-1:])
+        pool.broken = True  # never kept warm: its actors are dead
+        raise JobError(
+            f"model.name: {spec.model.name}: a replica could not load the model: {cause}"
+        ) from None
 
 
 def _has_data(store: OutputStore) -> bool:

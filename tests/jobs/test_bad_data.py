@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -100,10 +101,11 @@ def test_cli_exit_status_and_summary(tmp_path, jobio, tiny_st_model, capsys):
     ]
     assert cli_main([*base, "--output", str(tmp_path / "q"), "--on-bad-row", "quarantine"]) == 3
     printed = capsys.readouterr().out
-    assert "quarantined 3" in printed and "24" in printed and "21" in printed
+    assert "rows: 24 in = 21 written + 3 quarantined" in printed
     assert cli_main([*base, "--output", str(tmp_path / "f"), "--on-bad-row", "fail"]) == 1
     err = capsys.readouterr().err
-    assert "file-0.parquet" in err and "row 3: null text" in err
+    # Shards run in parallel: whichever bad shard fails first is named, with its file, row and reason.
+    assert re.search(r"file-[01]\.parquet.*row \d+: (null text|null id|invalid UTF-8)", err), err[-2000:]
     assert cli_main([*base, "--output", str(tmp_path / "s"), "--on-bad-row", "skip"]) == 2
     assert "policy.on_bad_row" in capsys.readouterr().err
     assert cli_main([*base, "--text-column", "body", "--output", str(tmp_path / "m")]) == 1  # before work
