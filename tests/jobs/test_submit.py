@@ -447,12 +447,13 @@ def ray_head() -> Iterator[RayHead]:
 @pytest.mark.slow
 def test_token_is_required(ray_head: RayHead) -> None:
     # A fresh process: Ray caches the auth token per process once any test has started Ray.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_TOKEN")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env["HOME"] = ray_head.temp_dir
     cmd = [sys.executable, "-m", "jobs.cli", "status", "--job-id", "whatever", "--address", ray_head.address]
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 5, done.stderr
-    assert "Unauthorized: Missing authentication token" in done.stderr
+    # Refused by the head ("Missing authentication token") or by the client before it asks; either names it.
+    assert "authentication token" in done.stderr or "token authentication" in done.stderr.lower(), done.stderr
 
 
 def test_explicit_address_beats_ray_address_env(monkeypatch: pytest.MonkeyPatch) -> None:
