@@ -119,6 +119,7 @@ class ShardWorker:
             truncate_dim=m.truncate_dim,
             precision=precision,
             max_batch_tokens=c.max_batch_tokens,
+            batching="tokens",
         )
         vectors = np.asarray(vectors)
         return vectors.astype(np.float16) if m.precision == "float16" else vectors
