@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from parity_rows import assert_parity
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordLevel
@@ -20,19 +21,6 @@ from embedder.modules.static_embedding import StaticEmbedding
 from embedder.modules.transformer import Transformer
 
 WORDS = "[UNK] the cat dog sat on mat a big red bird city road hello world query document".split()
-
-
-def assert_parity(ours: np.ndarray, ref: np.ndarray) -> None:
-    """Per-vector cosine >= 0.99999 and max abs diff <= 1e-4 (zero vectors must be zero on both sides)."""
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    assert np.abs(ours - ref).max() <= 1e-4, np.abs(ours - ref).max()
-    for i, (a, b) in enumerate(zip(ours, ref, strict=True)):
-        na, nb = np.linalg.norm(a), np.linalg.norm(b)
-        if nb == 0:
-            assert na == 0, f"row {i}: reference is zero, ours has norm {na}"
-            continue
-        cos = float(a @ b / (na * nb))
-        assert cos >= 0.99999, f"row {i}: cosine {cos}"
 
 
 def word_tokenizer() -> Tokenizer:

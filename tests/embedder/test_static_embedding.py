@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from parity_rows import assert_parity
 from safetensors.torch import load_file
 from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
@@ -61,19 +62,6 @@ def ours_encode(module: StaticEmbedding, texts: list[str], prompt: str | None = 
 def st_encode(module, texts: list[str], prompt: str | None = None) -> np.ndarray:
     with torch.inference_mode():
         return module(module.preprocess(texts, prompt=prompt))["sentence_embedding"].numpy()
-
-
-def assert_parity(ours: np.ndarray, ref: np.ndarray) -> None:
-    """Per-vector cosine >= 0.99999 and max abs diff <= 1e-4 (zero vectors must be zero on both sides)."""
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    assert np.abs(ours - ref).max() <= 1e-4, np.abs(ours - ref).max()
-    for i, (a, b) in enumerate(zip(ours, ref, strict=True)):
-        na, nb = np.linalg.norm(a), np.linalg.norm(b)
-        if nb == 0:
-            assert na == 0, f"row {i}: reference is zero, ours has norm {na}"
-            continue
-        cos = float(a @ b / (na * nb))
-        assert cos >= 0.99999, f"row {i}: cosine {cos}"
 
 
 def test_forward_matches_sentence_transformers() -> None:
