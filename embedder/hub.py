@@ -21,7 +21,7 @@ PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.pkl"]
 
 
 def resolve_model_path(
-    name_or_path: str,
+    name_or_path: str | os.PathLike[str],
     *,
     revision: str | None = None,
     cache_folder: str | None = None,
@@ -34,6 +34,8 @@ def resolve_model_path(
     The hub path honours HF_HUB_OFFLINE / `local_files_only` (cache only), `revision` (branch, tag or
     commit), `cache_folder` (else SENTENCE_TRANSFORMERS_HOME, else the huggingface_hub default) and `token`.
     """
+    if isinstance(name_or_path, os.PathLike):
+        name_or_path = os.fspath(name_or_path)
     if not isinstance(name_or_path, str) or not name_or_path:
         raise ValueError(f"model_name_or_path must be a non-empty string, got {name_or_path!r}")
     expanded = os.path.expanduser(name_or_path)

@@ -14,6 +14,7 @@ import transformers
 
 from embedder import encode_loop, hub
 from embedder.modules import LoadOptions, Module, module_class, type_name_for
+from embedder.modules.transformer import PACKED_KEY
 from embedder.quantize import Precision, check_precision, quantize_embeddings
 from embedder.similarity import (
     SIMILARITY_NAMES,
@@ -35,7 +36,7 @@ class EmbeddingModel(torch.nn.Sequential):
 
     def __init__(
         self,
-        model_name_or_path: str | None = None,
+        model_name_or_path: str | os.PathLike[str] | None = None,
         *,
         modules: Iterable[Module] | None = None,
         device: str | torch.device | None = None,
@@ -282,8 +283,11 @@ class EmbeddingModel(torch.nn.Sequential):
         ids = features.get("input_ids")
         self.stats["texts"] += len(lengths)
         if isinstance(mask, torch.Tensor):
-            self.stats["tokens"] += int(mask.sum())
-            self.stats["padded_tokens"] += int(mask.numel())
+            real = int(mask.sum())
+            self.stats["tokens"] += real
+            # The packed forward runs its matrix products on the real tokens only: no padding is computed.
+            packed = features.get(PACKED_KEY) and getattr(self[0], "packed", False)
+            self.stats["padded_tokens"] += real if packed else int(mask.numel())
         elif isinstance(ids, torch.Tensor):
             # Unpadded inputs (StaticEmbedding's flat ids + offsets): every id is a real token.
             self.stats["tokens"] += int(ids.numel())

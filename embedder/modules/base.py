@@ -115,7 +115,9 @@ def load_weights(module: torch.nn.Module, path: str, options: LoadOptions | None
     state = read_state_dict(path, options)
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match {type(module).__name__}: missing {missing}, unexpected {unexpected}")
+        raise ValueError(
+            f"{path}: weights do not match {type(module).__name__}: missing {missing}, unexpected {unexpected}"
+        )
 
 
 def save_weights(module: torch.nn.Module, path: str) -> None:

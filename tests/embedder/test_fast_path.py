@@ -13,7 +13,13 @@ from sentence_transformers import SentenceTransformer
 from embedder import EmbeddingModel, encode_loop
 from embedder.batching import pad_rows
 from embedder.modules import LoadOptions
-from embedder.modules.packed_bert import PackedEncoder, packed_support
+from embedder.modules.packed_bert import (
+    PackedEncoder,
+    length_runs,
+    packed_support,
+    padded_attention,
+    run_attention,
+)
 from embedder.modules.pooling import LEGACY_FLAGS
 from embedder.modules.transformer import PACKED_KEY, Transformer
 
@@ -146,7 +152,7 @@ def test_packed_matches_hf_forward_tiny_and_minilm(tiny_bert_dir, minilm_path, s
             )
 
 
-@pytest.mark.parametrize("arch", ["bert-eager", "roberta", "left-padded", "holes"])
+@pytest.mark.parametrize("arch", ["bert-eager", "roberta", "left-padded", "holes", "sorted-runs"])
 def test_packed_matches_hf_on_random_inputs(arch) -> None:
     from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
 
@@ -161,8 +167,9 @@ def test_packed_matches_hf_on_random_inputs(arch) -> None:
         if arch == "bert-eager":
             config._attn_implementation = "eager"
         model = BertModel(config).eval()
-    lengths = [9, 3, 1, 7, 9]
-    ids = torch.randint(3, 50, (5, 9))
+    # "sorted-runs": length-sorted rows, as token batching makes them, so attention runs once per run of rows.
+    lengths = [9, 9, 9, 7, 7, 3, 1, 1] if arch == "sorted-runs" else [9, 3, 1, 7, 9]
+    ids = torch.randint(3, 50, (len(lengths), 9))
     mask = (torch.arange(9)[None, :] < torch.tensor(lengths)[:, None]).long()
     if arch == "left-padded":
         mask = mask.flip(1)
@@ -175,6 +182,22 @@ def test_packed_matches_hf_on_random_inputs(arch) -> None:
         ref = model(input_ids=ids, attention_mask=mask, token_type_ids=types)[0]
         ours = PackedEncoder(model)(ids, mask, types)
     assert_real_tokens_close(ours, ref, mask)
+
+
+def test_length_runs() -> None:
+    assert length_runs([3, 3, 2, 0, 2]) == [(0, 2, 3), (6, 1, 2), (8, 1, 2)]
+    assert length_runs([]) == []
+
+
+def test_run_attention_equals_padded_attention() -> None:
+    torch.manual_seed(0)
+    lengths, heads, width = [5, 5, 4, 2, 2, 2], 2, 3 * 8
+    qkv = torch.randn(sum(lengths), width)
+    mask = torch.arange(5)[None, :] < torch.tensor(lengths)[:, None]
+    index = mask.reshape(-1).nonzero().squeeze(1)
+    ref = padded_attention(qkv, index, mask[:, None, None, :], len(lengths), 5, heads, 0.5)
+    ours = run_attention(qkv, length_runs(lengths), heads, 0.5)
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
 
 
 def test_packed_support_and_fallbacks(tiny_bert_dir, sample_texts) -> None:
@@ -238,6 +261,11 @@ def test_minilm_fast_path_matches_st(minilm_path, parity) -> None:
     fast = ours.encode(texts, batch_size=16, batching="tokens")
     parity(fast, ref)
     assert ours.stats["texts"] == len(texts) and ours.stats["tokens"] == sum(ours[0].text_lengths(texts))
+    # The packed forward computes no padding; the HF forward pads each batch to its longest row.
+    assert ours.stats["padded_tokens"] == ours.stats["tokens"]
+    ours.stats.update(texts=0, tokens=0, padded_tokens=0)
+    ours.encode(texts, batch_size=16)
+    assert ours.stats["padded_tokens"] > ours.stats["tokens"]
     # The default: sentence-transformers' batches and the HF forward, so its vectors bit for bit.
     np.testing.assert_array_equal(ours.encode(texts, batch_size=16), ref)
     for precision in ("int8", "ubinary"):

@@ -109,3 +109,4 @@ def test_not_a_folder_or_id(tmp_path) -> None:
     with pytest.raises(ValueError, match="non-empty string"):
         resolve_model_path("")
     assert resolve_model_path(str(tmp_path)) == str(tmp_path)
+    assert resolve_model_path(tmp_path) == str(tmp_path)  # a pathlib.Path works too
