@@ -21,6 +21,7 @@ from bench import corpus as corpus_mod
 from bench import metrics
 from bench.limits import compute_bound, gemm_peak
 from bench.sampler import TreeSampler, work_processes
+from embedder.encode_loop import CPU_BATCH_TOKENS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARITY_MIN_COS, PARITY_MAX_ABS = 0.99999, 1e-4
@@ -54,7 +55,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sweep", default="16,32,64,128", help="ST batch sizes tried on the sweep subset")
     p.add_argument("--sweep-texts", type=int, default=500)
     p.add_argument("--paired", default=None, help="paired A/B variants, NAME:N,... (see bench/paired.py)")
-    p.add_argument("--max-batch-tokens", type=int, default=8192, help="our token budget per batch")
+    p.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=None,
+        help=f"our token budget per batch (default: encode's own, {CPU_BATCH_TOKENS} on CPU)",
+    )
+    p.add_argument("--job-rounds", type=int, default=3, help="rounds of the paired job / plain-process run")
     p.add_argument("--scale-texts", type=int, default=400, help="subset size for the 1x / Nx memory runs")
     p.add_argument("--scale-factor", type=int, default=10)
     p.add_argument("--paired-chunks", type=int, default=4, help="chunks of the paired A/B run")
@@ -68,16 +75,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def default_paired(max_batch_tokens: int) -> str:
-    """ST batch 32 (the reference), our encode with the token budget, token-sorted batch 32, unpadded."""
-    b = max_batch_tokens
-    return f"st:32,budget:{b},tokensorted:32,varlen:{b}"
+def default_paired(max_batch_tokens: int | None) -> str:
+    """ST batch 32 (the reference), our encode with the token budget, token-sorted batch 32."""
+    return f"st:32,budget:{max_batch_tokens or CPU_BATCH_TOKENS},tokensorted:32"
 
 
 def plan_runs(a: argparse.Namespace, best_bs: int | None) -> list[Run]:
     """Every run of the harness, in order; `best_bs` is filled in once the sweep has run."""
-    mbt = ["--max-batch-tokens", str(a.max_batch_tokens)]
-    stream = ["--chunk-size", "200"]  # rows per encode call; the same at every corpus size
+    budget = a.max_batch_tokens or CPU_BATCH_TOKENS
+    mbt = ["--max-batch-tokens", str(budget)]
+    # Rows per encode call (streamed) and per output file (job): the same at every corpus size, so the
+    # 1x and Nx runs differ only in how many of them there are.
+    stream = ["--chunk-size", "200"]
+    job = ["--actors", "1", "--cpus-per-actor", "2", *mbt]
     runs = [
         Run("st_b32", "ST encode b32", "st_encode", "main", ["--batch-sizes", "32"]),
         Run("st_sweep", "ST batch sweep", "st_encode", "sweep", ["--batch-sizes", a.sweep], table="sweep"),
@@ -109,15 +119,16 @@ def plan_runs(a: argparse.Namespace, best_bs: int | None) -> list[Run]:
             workers=2,
         ),
         Run("ours_b32", "ours encode b32", "ours_encode", "main", ["--batch-sizes", "32"]),
-        Run("ours_budget", f"ours encode {a.max_batch_tokens} tok/batch", "ours_encode", "main", mbt),
-        Run("varlen", f"prototype: unpadded {a.max_batch_tokens} tok/chunk", "varlen", "main", mbt),
+        Run("ours_budget", f"ours encode {budget} tok/batch", "ours_encode", "main", mbt),
+        Run("job", "our job 1×2cpu", "our_job", "main", job, mode="ray"),
         Run(
-            "job",
-            "our job 1×2cpu",
-            "our_job",
+            "job_overhead",
+            "our job vs one plain process",
+            "job_overhead",
             "main",
-            ["--actors", "1", "--cpus-per-actor", "2", *mbt],
+            [*job, "--chunks", str(a.job_rounds)],
             mode="ray",
+            table="overhead",
         ),
         Run("stream_1x", "ours encode, streamed ×1", "ours_stream", "scale1", [*mbt, *stream], table="scale"),
         Run(
@@ -128,21 +139,13 @@ def plan_runs(a: argparse.Namespace, best_bs: int | None) -> list[Run]:
             [*mbt, *stream],
             table="scale",
         ),
-        Run(
-            "job_1x",
-            "our job ×1",
-            "our_job",
-            "scale1",
-            ["--actors", "1", "--cpus-per-actor", "2", *mbt],
-            mode="ray",
-            table="scale",
-        ),
+        Run("job_1x", "our job ×1", "our_job", "scale1", [*job, *stream], mode="ray", table="scale"),
         Run(
             f"job_{a.scale_factor}x",
             f"our job ×{a.scale_factor}",
             "our_job",
             "scaleN",
-            ["--actors", "1", "--cpus-per-actor", "2", *mbt],
+            [*job, *stream],
             mode="ray",
             table="scale",
         ),

@@ -19,8 +19,8 @@ from bench.corpus import model_path
 from bench.metrics import parity
 from bench.systems import WARMUP_TEXTS, read_input
 
-VARIANTS = ("st", "ours", "budget", "tokensorted", "varlen")
-DEFAULT_VARIANTS = "st:32,budget:8192,tokensorted:32,varlen:8192"
+VARIANTS = ("st", "ours", "budget", "tokensorted")
+DEFAULT_VARIANTS = "st:32,budget:4096,tokensorted:32"
 
 
 def token_sorted_encode(model: Any, texts: list[str], batch_size: int) -> np.ndarray:
@@ -65,12 +65,8 @@ def build_variants(specs: list[str]) -> dict[str, Callable[[list[str]], np.ndarr
             fns[spec] = lambda t, m=ours, n=n: np.asarray(m.encode(t, batch_size=n))
         elif name == "budget":
             fns[spec] = lambda t, m=ours, n=n: np.asarray(m.encode(t, max_batch_tokens=n))
-        elif name == "tokensorted":
-            fns[spec] = lambda t, m=ours, n=n: token_sorted_encode(m, t, n)
         else:
-            from bench.varlen import VarlenEncoder
-
-            fns[spec] = VarlenEncoder(ours, max_tokens=n).encode
+            fns[spec] = lambda t, m=ours, n=n: token_sorted_encode(m, t, n)
     return fns
 
 

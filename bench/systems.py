@@ -152,30 +152,6 @@ def run_ours_stream(args: argparse.Namespace) -> dict[str, Any]:
     return {"wall_s": wall, "cpu_s": cpu, "max_batch_tokens": args.max_batch_tokens, "counted": counted}
 
 
-def run_varlen(args: argparse.Namespace) -> dict[str, Any]:
-    """The unpadded-encode prototype (bench/varlen.py) over our model's weights, in this process."""
-    import torch
-
-    from bench.varlen import VarlenEncoder
-    from embedder import EmbeddingModel
-
-    _, texts = read_input(args.input)
-    enc = VarlenEncoder(EmbeddingModel(model_path(), device="cpu"), max_tokens=args.max_batch_tokens or 8192)
-    enc.encode(texts[:WARMUP_TEXTS])
-    enc.stats.update(texts=0, tokens=0, padded_tokens=0)
-    t0, c0 = time.perf_counter(), cpu_now()
-    emb = enc.encode(texts)
-    wall, cpu = time.perf_counter() - t0, cpu_now() - c0
-    np.save(os.path.join(args.out, "emb.npy"), emb)
-    return {
-        "wall_s": wall,
-        "cpu_s": cpu,
-        "max_batch_tokens": enc.max_tokens,
-        "counted": dict(enc.stats),
-        "threads": torch.get_num_threads(),
-    }
-
-
 def save_parquet_vectors(path: str, args: argparse.Namespace) -> None:
     """Read (id, embedding) rows from Parquet file(s) and save them as emb.npy in the input's order."""
     from bench.metrics import align_rows
@@ -191,15 +167,14 @@ SYSTEMS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "st_pool": run_st_pool,
     "ours_encode": run_ours_encode,
     "ours_stream": run_ours_stream,
-    "varlen": run_varlen,
 }
 
 
 def register_extra() -> None:
     """Add the systems that live in other files (Ray recipe, our job, ONNX Runtime, stage profile)."""
-    from bench import extra_systems, onnx_system, paired, profile_stages
+    from bench import extra_systems, job_overhead, onnx_system, paired, profile_stages
 
-    for module in (extra_systems, onnx_system, paired, profile_stages):
+    for module in (extra_systems, job_overhead, onnx_system, paired, profile_stages):
         SYSTEMS.update(module.SYSTEMS)
 
 

@@ -107,14 +107,6 @@ def test_plan_runs_filters_and_keeps_the_reference():
     assert "ST encode b64" in [r.label for r in plan_runs(parse_args([]), 64)]
 
 
-def test_varlen_groups_and_chunks():
-    from bench.varlen import equal_length_groups, token_chunks
-
-    assert equal_length_groups(np.array([5, 5, 3, 1, 1, 1])) == [(0, 2, 5), (10, 1, 3), (13, 3, 1)]
-    assert token_chunks([0, 1, 2, 3], [6, 5, 2, 1], max_tokens=8) == [[0], [1, 2, 3]]
-    assert token_chunks([0], [20], max_tokens=8) == [[0]]
-
-
 def test_paired_variant_specs_are_checked_before_loading_models():
     from bench.paired import build_variants
 
