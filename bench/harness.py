@@ -1,7 +1,7 @@
 """The performance harness: every system on one fixed corpus, each in its own subprocess; tables, chart, docs.
 
 .venv/bin/python -m bench.harness --quick          # a few hundred texts, a smoke run (~3 min)
-.venv/bin/python -m bench.harness --write-docs     # the full run (< ~15 min on 2 cores) -> docs/performance.md
+.venv/bin/python -m bench.harness --write-docs     # the full run (~25 min on 2 cores) -> docs/performance.md
 """
 
 from __future__ import annotations

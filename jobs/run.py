@@ -199,7 +199,6 @@ def run_job(
     register_secrets_in(spec.to_dict())
     policy = RetryPolicy(attempts=spec.policy.retries)
     plan = plan_job(spec)
-    duplicates = duplicate_id_rows(spec, plan)
     store = OutputStore(spec.output.uri, spec.output.storage_options, policy)
     previous = (
         PreviousOutput(spec.previous_uri, spec.output.storage_options, policy) if spec.previous_uri else None
@@ -216,6 +215,8 @@ def run_job(
         committed = set() if overwrite else store.committed_ids()
         todo = [s for s in plan.shards if s.shard_id not in committed]
         pool = _get_pool(spec, max(1, len(todo)), keep_warm and not started_ray)
+        # Reading every id takes a while on a big input; the replicas load their model meanwhile.
+        duplicates = duplicate_id_rows(spec, plan)
         info = _first_info(pool, spec)
         job = job_metadata(spec, plan, info)
         if overwrite:
