@@ -114,3 +114,23 @@ def test_paired_variant_specs_are_checked_before_loading_models():
         build_variants(["bogus:1"])
     with pytest.raises(ValueError, match="'st'"):
         build_variants(["st"])
+
+
+def test_overhead_text_reports_each_round_and_the_medians():
+    from bench.summary import overhead_text
+
+    steps = {"import_s": 1.0, "load_s": 1.0, "read_s": 0.1, "encode_s": 8.0, "write_s": 0.1}
+    rounds = [
+        {"job_s": 11.0, "plain_s": 10.0, "plain_steps": steps, "job_work_s": 8.8},
+        {"job_s": 12.0, "plain_s": 10.0, "plain_steps": steps, "job_work_s": 9.6},
+    ]
+    for r in rounds:
+        r.update(
+            ratio=r["job_s"] / r["plain_s"],
+            ratio_to_encode=r["job_s"] / 8.0,
+            work_ratio=r["job_work_s"] / 8.0,
+        )
+    res = {"rounds": rounds, "ratio_median": 1.15, "ratio_to_encode_median": 1.44, "work_ratio_median": 1.15}
+    text = overhead_text(res, 4000)
+    assert "4,000 texts" in text and "**1.15×**" in text
+    assert "| 2 | 12.0 | 10.0 | 2.0 | 8.0 | 9.6 | 1.20× | 1.50× | 1.20× |" in text
