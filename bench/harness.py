@@ -20,6 +20,7 @@ import numpy as np
 from bench import corpus as corpus_mod
 from bench import metrics
 from bench.limits import compute_bound, gemm_peak
+from bench.onnx_system import ort_available
 from bench.sampler import TreeSampler, work_processes
 from embedder.encode_loop import CPU_BATCH_TOKENS
 
@@ -333,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
             if best_bs == 32 and "st_b32" in results:
                 results["st_best"] = results["st_b32"]
                 continue
+        if run.system == "onnx" and not ort_available():
+            print("[bench] onnx: skipped (onnxruntime not installed; set BENCH_ORT_PATH)", file=sys.stderr)
+            continue
         measured = os.path.join(a.out, "runs", run.key, "measured.json")
         if ("all" in reuse or run.key in reuse) and os.path.exists(measured):
             with open(measured, encoding="utf-8") as f:

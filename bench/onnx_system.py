@@ -28,6 +28,16 @@ def import_ort() -> Any:
     return onnxruntime
 
 
+def ort_available() -> bool:
+    """Whether onnxruntime can be imported here or from $BENCH_ORT_PATH (without importing it)."""
+    import importlib.util
+
+    extra = os.environ.get("BENCH_ORT_PATH")
+    if importlib.util.find_spec("onnxruntime") is not None:
+        return True
+    return bool(extra) and os.path.isdir(os.path.join(extra, "onnxruntime"))
+
+
 def export_bert(bert: Any, path: str) -> str:
     """Export the BertModel's last hidden state to ONNX with dynamic batch and sequence axes."""
     import torch
