@@ -104,16 +104,9 @@ def run_ray_st(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run_our_job(args: argparse.Namespace) -> dict[str, Any]:
-    """Our job (`jobs.run_job`) end to end on a Ray started beforehand: plan, actors, encode, write, commit."""
-    import ray
-
-    from jobs import run_job
-
-    cpus = max(2, int(round(args.actors * args.cpus_per_actor)))
-    init_s = start_ray(cpus)
-    out_dir = os.path.join(args.out, "job")
-    spec = {
+def job_spec(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
+    """The job spec of our job runs: the input file, the replicas and budget from the command line."""
+    spec: dict[str, Any] = {
         "model": {"name": model_path()},
         "input": {"uri": args.input, "id_column": "id"},
         "output": {"uri": out_dir},
@@ -127,6 +120,19 @@ def run_our_job(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.chunk_size:
         spec["output"]["rows_per_file"] = args.chunk_size
+    return spec
+
+
+def run_our_job(args: argparse.Namespace) -> dict[str, Any]:
+    """Our job (`jobs.run_job`) end to end on a Ray started beforehand: plan, actors, encode, write, commit."""
+    import ray
+
+    from jobs import run_job
+
+    cpus = max(2, int(round(args.actors * args.cpus_per_actor)))
+    init_s = start_ray(cpus)
+    out_dir = os.path.join(args.out, "job")
+    spec = job_spec(args, out_dir)
     t0 = time.perf_counter()
     summary = run_job(spec, overwrite=True, progress=False)
     wall = time.perf_counter() - t0

@@ -21,6 +21,7 @@ from bench import corpus as corpus_mod
 from bench import metrics
 from bench.limits import compute_bound, gemm_peak
 from bench.onnx_system import ort_available
+from bench.paired import default_variants
 from bench.sampler import TreeSampler, work_processes
 from embedder.encode_loop import CPU_BATCH_TOKENS
 
@@ -74,11 +75,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--write-docs", action="store_true", help="update docs/performance.md and docs/performance.png"
     )
     return p.parse_args(argv)
-
-
-def default_paired(max_batch_tokens: int | None) -> str:
-    """ST batch 32 (the reference), our encode with the token budget, token-sorted batch 32."""
-    return f"st:32,budget:{max_batch_tokens or CPU_BATCH_TOKENS},tokensorted:32"
 
 
 def plan_runs(a: argparse.Namespace, best_bs: int | None) -> list[Run]:
@@ -155,7 +151,7 @@ def plan_runs(a: argparse.Namespace, best_bs: int | None) -> list[Run]:
             "paired A/B",
             "paired",
             "main",
-            ["--variants", a.paired or default_paired(a.max_batch_tokens), "--chunks", str(a.paired_chunks)],
+            ["--variants", a.paired or default_variants(budget), "--chunks", str(a.paired_chunks)],
             table="paired",
         ),
         Run("profile", "our encode stage profile", "profile", "sweep", mbt, table="profile"),

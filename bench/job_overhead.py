@@ -68,22 +68,12 @@ def _plain_subprocess(args: argparse.Namespace, out_path: str) -> tuple[float, d
 
 def run_job_overhead(args: argparse.Namespace) -> dict[str, Any]:
     """`--chunks` rounds of (plain process, job), order alternating; per-round and median ratios job / plain."""
-    from bench.extra_systems import start_ray
+    from bench.extra_systems import job_spec, start_ray
     from bench.systems import save_parquet_vectors
     from jobs import run_job
 
     init_s = start_ray(max(2, int(round(args.actors * args.cpus_per_actor))))
-    spec = {
-        "model": {"name": model_path()},
-        "input": {"uri": args.input, "id_column": "id"},
-        "output": {"uri": os.path.join(args.out, "job")},
-        "compute": {
-            "replicas": args.actors,
-            "cpus_per_replica": int(args.cpus_per_actor),
-            "max_batch_tokens": args.max_batch_tokens,
-            "device": "cpu",
-        },
-    }
+    spec = job_spec(args, os.path.join(args.out, "job"))
     rounds: list[dict[str, Any]] = []
     for r in range(max(1, args.chunks)):
         times: dict[str, Any] = {}
