@@ -200,7 +200,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     progress = output_progress(OutputStore(uri))
     if progress is None:
         print(
-            f"embedjob status: {uri}: no _plan.json: not an embedjob output, or not started", file=sys.stderr
+            f"embedjob status: {uri}: no _plan.parquet: not an embedjob output, or not started",
+            file=sys.stderr,
         )
         return 1
     if args.json:

@@ -2,92 +2,26 @@
 
 from __future__ import annotations
 
-import bisect
-import dataclasses
 import posixpath
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from jobs.fingerprint import digest, shard_id
+from jobs.fingerprint import shard_id
 from jobs.read import dataset_kind, open_dataset, open_input_fs, open_parquet, read_columns
 from jobs.retry import RetryPolicy, call_with_retries
+from jobs.shards import Plan, Shard
 from jobs.spec import InputSpec, JobSpec
+
+# Input files whose size, etag and footer are read at once: planning 10,000 files on S3 is latency-bound.
+FOOTER_READERS = 32
 
 _GLOB_CHARS = "*?["
 
 
 class PlanError(ValueError):
     """The input cannot be planned: missing files or columns, unreadable Parquet; names the file."""
-
-
-@dataclass(frozen=True)
-class Shard:
-    """A bounded row range of one input file (or of a dataset): the unit of work, retry and commit."""
-
-    index: int
-    shard_id: str
-    kind: str  # "parquet" | "dataset"
-    source: str  # path relative to the input root (or the dataset split), used for ids and --previous
-    path: str  # full path on the input filesystem (parquet) or "" (dataset)
-    start: int  # first row (within the file or dataset)
-    stop: int  # one past the last row
-    row_groups: tuple[int, ...] = ()
-    group_starts: tuple[int, ...] = ()  # first row of each of row_groups
-
-    @property
-    def rows(self) -> int:
-        """How many input rows the shard covers."""
-        return self.stop - self.start
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data for JSON and Ray."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Shard:
-        """Inverse of to_dict."""
-        return cls(**{**d, "row_groups": tuple(d["row_groups"]), "group_starts": tuple(d["group_starts"])})
-
-
-@dataclass
-class Plan:
-    """The shards of a job, the input schema they share, and a fingerprint of both."""
-
-    kind: str
-    shards: list[Shard]
-    schema: dict[str, str] = field(default_factory=dict)  # column -> Arrow type string
-    files: int = 0
-
-    @property
-    def rows(self) -> int:
-        """Total input rows."""
-        return sum(s.rows for s in self.shards)
-
-    @property
-    def fingerprint(self) -> str:
-        """Hash of the shard ids in order: a changed input gives a different plan."""
-        return digest([s.shard_id for s in self.shards], self.schema, size=16)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The form written to _plan.json."""
-        return {
-            "kind": self.kind,
-            "fingerprint": self.fingerprint,
-            "rows": self.rows,
-            "files": self.files,
-            "schema": self.schema,
-            "shards": [s.to_dict() for s in self.shards],
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Plan:
-        """Inverse of to_dict."""
-        return cls(
-            d["kind"], [Shard.from_dict(s) for s in d["shards"]], d.get("schema", {}), d.get("files", 0)
-        )
 
 
 def plan_job(spec: JobSpec) -> Plan:
@@ -129,38 +63,47 @@ def _rel(path: str, base: str) -> str:
     return posixpath.relpath(path, base) if base else path
 
 
+def _file_facts(
+    fs: Any, path: str, inp: InputSpec, policy: RetryPolicy
+) -> tuple[dict, list[int], dict[str, str]]:
+    """(info, row counts of the row groups, checked column types) of one input file: a stat and a footer read."""
+    info = call_with_retries(lambda: fs.info(path), what=f"input {path}: stat", policy=policy)
+    try:
+        pf = open_parquet(fs, path, policy)
+        file_schema = pf.schema_arrow
+        groups = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
+    except (pa.ArrowException, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise PlanError(f"input {path}: disappeared while planning") from e
+        raise PlanError(f"input {path}: not a readable Parquet file ({type(e).__name__}: {e})") from e
+    return info, groups, _check_columns(inp, file_schema, path)
+
+
 def _plan_parquet(inp: InputSpec, bound: int, policy: RetryPolicy) -> Plan:
     fs, base, paths = list_parquet_files(inp, policy)
     shards: list[Shard] = []
     schema: dict[str, str] = {}
     first_file = ""
-    for path in paths:
-        info = call_with_retries(lambda p=path: fs.info(p), what=f"input {path}: stat", policy=policy)
-        etag = info.get("ETag") or info.get("etag")
-        rel = _rel(path, base)
-        try:
-            pf = open_parquet(fs, path, policy)
-            file_schema = pf.schema_arrow
-            groups = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
-        except (pa.ArrowException, OSError) as e:
-            if isinstance(e, FileNotFoundError):
-                raise PlanError(f"input {path}: disappeared while planning") from e
-            raise PlanError(f"input {path}: not a readable Parquet file ({type(e).__name__}: {e})") from e
-        cols = _check_columns(inp, file_schema, path)
-        if not schema:
-            schema, first_file = cols, path
-        elif cols != schema:
-            diff = {
-                k: (schema.get(k), cols.get(k))
-                for k in set(schema) | set(cols)
-                if schema.get(k) != cols.get(k)
-            }
-            raise PlanError(
-                f"input {path}: column types differ from {first_file}: {diff} (first file, this file)"
-            )
-        for start, stop, gs, starts in _cut(groups, bound):
-            sid = shard_id(rel, info.get("size"), etag, start, stop)
-            shards.append(Shard(len(shards), sid, "parquet", rel, path, start, stop, gs, starts))
+    with ThreadPoolExecutor(min(FOOTER_READERS, len(paths))) as pool:
+        # map() yields in path order, so shard indexes and the first-file schema are deterministic.
+        facts = pool.map(lambda p: _file_facts(fs, p, inp, policy), paths)
+        for path, (info, groups, cols) in zip(paths, facts, strict=True):
+            etag = info.get("ETag") or info.get("etag")
+            rel = _rel(path, base)
+            if not schema:
+                schema, first_file = cols, path
+            elif cols != schema:
+                diff = {
+                    k: (schema.get(k), cols.get(k))
+                    for k in set(schema) | set(cols)
+                    if schema.get(k) != cols.get(k)
+                }
+                raise PlanError(
+                    f"input {path}: column types differ from {first_file}: {diff} (first file, this file)"
+                )
+            for start, stop, gs, starts in _cut(groups, bound):
+                sid = shard_id(rel, info.get("size"), etag, start, stop)
+                shards.append(Shard(len(shards), sid, "parquet", rel, path, start, stop, gs, starts))
     return Plan("parquet", shards, schema, files=len(paths))
 
 
@@ -281,76 +224,3 @@ def describe_plan(spec: JobSpec, plan: Plan, tokens_per_s: float | None = None) 
         out["tokens_per_s"] = round(tokens_per_s, 1)
         out["est_seconds"] = round(tokens / tokens_per_s, 1)
     return out
-
-
-def duplicate_id_rows(spec: JobSpec, plan: Plan) -> dict[str, list[tuple[int, str]]]:
-    """{shard_id: [(row, reason)]} for every repeat of an id after its first row, in plan order.
-
-    Policy "fail": a PlanError naming the ids, files and rows instead. Reads only the id column.
-    """
-    from jobs.rows import duplicate_ids
-
-    if not spec.input.id_column:
-        return {}  # ids derived from file and row are unique by construction
-    policy = RetryPolicy(attempts=spec.policy.retries)
-    chunks, starts, offset = [], [], 0
-    for shard in plan.shards:
-        ids = _shard_ids(shard, spec.input, policy)
-        chunks.append(ids)
-        starts.append(offset)
-        offset += len(ids)
-    if not chunks:
-        return {}
-    repeats = duplicate_ids(pa.chunked_array(chunks))
-    if not repeats:
-        return {}
-
-    def where(pos: int) -> tuple[Shard, int]:
-        k = bisect.bisect_right(starts, pos) - 1
-        return plan.shards[k], plan.shards[k].start + pos - starts[k]
-
-    all_ids = pa.chunked_array(chunks)
-    found: dict[str, list[tuple[int, str]]] = {}
-    lines = []
-    for pos, first in repeats:
-        shard, row = where(pos)
-        first_shard, first_row = where(first)
-        reason = f"duplicate id (first at {first_shard.source} row {first_row})"
-        found.setdefault(shard.shard_id, []).append((row, reason))
-        lines.append(
-            f"{all_ids[pos].as_py()!r} at {shard.source} row {row} (first at {first_shard.source} row {first_row})"
-        )
-    if spec.policy.on_bad_row == "fail":
-        more = f" (and {len(lines) - 5} more)" if len(lines) > 5 else ""
-        raise PlanError(
-            f"input.id_column: {len(lines)} duplicate id{'s' if len(lines) != 1 else ''} in column "
-            f"{spec.input.id_column!r}: {'; '.join(lines[:5])}{more}; ids must be unique, or set policy.on_bad_row: "
-            "quarantine to embed the first row of each id and quarantine the repeats"
-        )
-    return found
-
-
-def _shard_ids(shard: Shard, inp: InputSpec, policy: RetryPolicy) -> pa.Array:
-    """The id column of one shard's rows."""
-    if shard.kind == "dataset":
-        return (
-            open_dataset(inp)
-            .select_columns([inp.id_column])
-            .with_format("arrow")[shard.start : shard.stop]
-            .column(0)
-            .combine_chunks()
-        )
-    fs, _ = open_input_fs(inp)
-    pieces = []
-    for group, group_start in zip(shard.row_groups, shard.group_starts, strict=True):
-
-        def read(g: int = group) -> pa.Table:
-            with fs.open(shard.path, "rb") as f:
-                return pq.ParquetFile(f).read_row_group(g, columns=[inp.id_column])
-
-        table = call_with_retries(
-            read, what=f"input {shard.path}: read ids of row group {group}", policy=policy
-        )
-        lo, hi = max(shard.start, group_start), min(shard.stop, group_start + table.num_rows)
-        pieces.append(table.column(0).slice(lo - group_start, hi - lo).combine_chunks())
-    return pa.concat_arrays(pieces)

@@ -7,8 +7,17 @@ import sys
 import time
 from typing import IO, Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from jobs.manifest import PLAN_FILE, SUCCESS_FILE, OutputStore
 from jobs.redact import redact
+from jobs.shards import plan_summary
+
+
+def _total(table: pa.Table, column: str) -> int:
+    """Sum of an integer column (0 for an empty table)."""
+    return int(pc.sum(table.column(column)).as_py() or 0) if table.num_rows else 0
 
 
 class Progress:
@@ -38,16 +47,16 @@ class Progress:
         else:
             print(line, file=self._log, flush=True)
 
-    def resumed(self, records: list[dict[str, Any]]) -> None:
-        """Count shards an earlier run committed (they are not redone)."""
-        for r in records:
-            self.shards += 1
-            self.rows += r["rows_in"]
-            self.counts["skipped_shards"] += 1
-            for key in ("embedded", "reused", "quarantined"):
-                self.counts[key] += r.get(key, 0)
+    def resumed(self, records: pa.Table) -> None:
+        """Count shards an earlier run committed (they are not redone); `records` is the manifest table."""
+        rows_in = _total(records, "rows_in")
+        self.shards += records.num_rows
+        self.rows += rows_in
+        self.counts["skipped_shards"] += records.num_rows
+        for key in ("embedded", "reused", "quarantined"):
+            self.counts[key] += _total(records, key)
         if self._bar is not None:
-            self._bar.update(sum(r["rows_in"] for r in records))
+            self._bar.update(rows_in)
             self._bar.set_description(f"shards {self.shards}/{self.total_shards}")
 
     def committed(self, record: dict[str, Any], attempt: int) -> None:
@@ -112,35 +121,35 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def output_progress(store: OutputStore) -> dict[str, Any] | None:
-    """Progress of a run read from its output alone: planned vs committed shards and rows, rate, ETA."""
-    plan = store.read_json(PLAN_FILE)
-    if plan is None:
+    """Progress of a run read from its output alone: planned vs committed shards and rows, rate, ETA.
+
+    Reads the plan's footer-level summary, the folded manifest and its JSON tail: a few reads, whatever
+    the number of shards.
+    """
+    plan_table = store.read_table(PLAN_FILE, ["start", "stop"])
+    if plan_table is None:
         return None
-    records = store.records()
+    plan = plan_summary(plan_table)
+    records = store.records_table()
     success = store.read_json(SUCCESS_FILE)
-    rows_total = sum(s["stop"] - s["start"] for s in plan["shards"])
-    rows_in = sum(r.get("rows_in", r["rows"]) for r in records)
-    stamps = [
-        (r["committed_at"] - r.get("seconds", 0.0), r["committed_at"]) for r in records if "committed_at" in r
-    ]
+    rows_total = int(plan["rows"])
+    rows_in = _total(records, "rows_in")
     rate = None
-    if stamps:
-        span = max(end for _, end in stamps) - min(start for start, _ in stamps)
-        rate = (
-            sum(r.get("rows_in", r["rows"]) for r in records if "committed_at" in r) / span
-            if span > 0
-            else None
-        )
+    if records.num_rows:
+        ends = records.column("committed_at")
+        starts = pc.subtract(ends, records.column("seconds"))
+        span = pc.max(ends).as_py() - pc.min(starts).as_py()
+        rate = rows_in / span if span > 0 else None
     remaining = rows_total - rows_in
     return {
         "output": store.uri,
         "complete": success is not None,
-        "shards_total": len(plan["shards"]),
-        "shards_committed": len(records),
+        "shards_total": int(plan["shards"]),
+        "shards_committed": records.num_rows,
         "rows_total": rows_total,
         "rows_committed": rows_in,
-        "rows_written": sum(r["rows"] for r in records),
-        "quarantined": sum(r.get("quarantined", 0) for r in records),
+        "rows_written": _total(records, "rows"),
+        "quarantined": _total(records, "quarantined"),
         "percent": 100.0 * rows_in / rows_total if rows_total else 100.0,
         "rows_per_s": rate,
         "eta_s": remaining / rate if rate and remaining > 0 else None,

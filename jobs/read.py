@@ -15,7 +15,7 @@ from jobs.retry import RetryPolicy, call_with_retries
 from jobs.spec import InputSpec
 
 if TYPE_CHECKING:
-    from jobs.plan import Shard
+    from jobs.shards import Shard
 
 TEXT, ID, ROW = "__text__", "__id__", "__row__"
 _HF_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
@@ -104,10 +104,16 @@ def open_dataset(inp: InputSpec) -> Any:
 
 
 def iter_shard_batches(
-    shard: Shard, inp: InputSpec, batch_rows: int, policy: RetryPolicy
+    shard: Shard, inp: InputSpec, batch_rows: int, policy: RetryPolicy, *, keys_only: bool = False
 ) -> Iterator[pa.Table]:
-    """Yield the shard's rows in order, as tables of <= batch_rows rows: __text__, __id__, __row__, passthrough."""
-    cols = list(dict.fromkeys(c for c, _ in read_columns(inp)))
+    """Yield the shard's rows in order, as tables of <= batch_rows rows: __text__, __id__, __row__, passthrough.
+
+    keys_only: read just the id column (the duplicate check); the tables then hold __id__ and __row__.
+    """
+    if keys_only:
+        cols = [inp.id_column] if inp.id_column else [inp.text_column]
+    else:
+        cols = list(dict.fromkeys(c for c, _ in read_columns(inp)))
     pieces = (
         _parquet_pieces(shard, inp, cols, policy)
         if shard.kind == "parquet"
@@ -116,7 +122,7 @@ def iter_shard_batches(
     for table, first_row in pieces:
         for lo in range(0, table.num_rows, batch_rows):
             part = table.slice(lo, batch_rows)
-            yield _normalise(part, inp, shard.source, first_row + lo)
+            yield _normalise(part, inp, shard.source, first_row + lo, keys_only)
 
 
 def _parquet_pieces(
@@ -149,7 +155,9 @@ def _dataset_pieces(
         yield ds[lo:hi], lo
 
 
-def _normalise(table: pa.Table, inp: InputSpec, source: str, first_row: int) -> pa.Table:
+def _normalise(
+    table: pa.Table, inp: InputSpec, source: str, first_row: int, keys_only: bool = False
+) -> pa.Table:
     """Rename to the runner's internal columns; ids derived from file and row when input.id_column is unset."""
     n = table.num_rows
     rows = pa.array(range(first_row, first_row + n), pa.int64())
@@ -157,6 +165,8 @@ def _normalise(table: pa.Table, inp: InputSpec, source: str, first_row: int) -> 
         ids = table.column(inp.id_column)
     else:
         ids = pa.array([f"{source}:{r}" for r in range(first_row, first_row + n)], pa.string())
+    if keys_only:
+        return pa.table({ID: ids, ROW: rows})
     columns = {TEXT: table.column(inp.text_column), ID: ids, ROW: rows}
     for col in inp.passthrough:
         columns[col] = table.column(col)

@@ -84,6 +84,17 @@ def check_texts(values: list, *, max_chars: int | None) -> tuple[list[str], list
     return good, bad
 
 
+def raw_text_values(column: Any) -> list[Any]:
+    """Python values of an Arrow text column; strings go through bytes, so invalid UTF-8 is reported, not raised."""
+    import pyarrow as pa
+
+    if pa.types.is_string(column.type):
+        column = column.cast(pa.binary())
+    elif pa.types.is_large_string(column.type):
+        column = column.cast(pa.large_binary())
+    return column.to_pylist()
+
+
 def check_ids(values: list) -> list[tuple[int, str]]:
     """(position, reason) for each id that cannot identify its row: null (None, or a float NaN)."""
     bad: list[tuple[int, str]] = []

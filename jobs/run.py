@@ -12,7 +12,8 @@ from typing import Any
 
 from jobs.faults import fault_env
 from jobs.fingerprint import digest
-from jobs.incremental import PreviousOutput, find_deleted
+from jobs.index import INDEX_DIR, PreviousOutput, build_index
+from jobs.keypass import WORK_DIR, KeyPassResult, run_key_pass
 from jobs.manifest import (
     JOB_FILE,
     PLAN_FILE,
@@ -22,15 +23,21 @@ from jobs.manifest import (
     check_compatible,
     job_metadata,
 )
-from jobs.plan import Plan, Shard, duplicate_id_rows, plan_job
+from jobs.plan import plan_job
 from jobs.progress import Progress, format_summary
 from jobs.redact import register_secrets_in
 from jobs.retry import RetryPolicy
+from jobs.rows import default_max_chars
+from jobs.shards import Plan, Shard
 from jobs.spec import JobSpec, SpecError
 from jobs.worker import LOADING_FIELDS
+from jobs.write import parquet_bytes
 
 ACTOR_RESTARTS = 3
 PROBE_INTERVAL_S = 0.5
+# The driver folds the manifest records it received into one Parquet segment this often.
+FOLD_EVERY_RECORDS = 1000
+FOLD_EVERY_S = 60.0
 
 
 class JobError(RuntimeError):
@@ -215,22 +222,27 @@ def run_job(
         committed = set() if overwrite else store.committed_ids()
         todo = [s for s in plan.shards if s.shard_id not in committed]
         pool = _get_pool(spec, max(1, len(todo)), keep_warm and not started_ray)
-        # Reading every id takes a while on a big input; the replicas load their model meanwhile.
-        duplicates = duplicate_id_rows(spec, plan)
         info = _first_info(pool, spec)
         job = job_metadata(spec, plan, info)
         if overwrite:
             store.clear()
             existing = None
+            committed, todo = set(), list(plan.shards)
         if existing is not None:
             check_compatible(existing, job, spec.output.uri)
-            if not store.exists(PLAN_FILE):  # a run killed between the two metadata files
-                store.write_json(PLAN_FILE, plan.to_dict())
-        else:
-            store.write_json(JOB_FILE, job)
-            store.write_json(PLAN_FILE, plan.to_dict())
-            committed, todo = set(), list(plan.shards)
         reuse = previous is not None and previous.reusable(job["settings_fingerprint"])
+        keys = KeyPassResult()
+        if spec.input.id_column or previous is not None:
+            # Before the first shard: repeated ids fail the job (or are quarantined) before anything is embedded.
+            max_chars = spec.policy.max_text_chars or default_max_chars(info["max_seq_length"])
+            fp = digest(
+                plan.fingerprint, job["settings_fingerprint"], spec.previous_uri, spec.policy.on_bad_row
+            )
+            keys = run_key_pass(spec, plan, store, previous, reuse, max_chars, fp)
+        if existing is None:
+            store.write_json(JOB_FILE, job)
+        if existing is None or not store.exists(PLAN_FILE):  # also a run killed between the two files
+            store.write_bytes(PLAN_FILE, parquet_bytes(plan.to_table(), "zstd"))
         bar = Progress(plan.rows, len(plan.shards), bar=progress, log_file=log_file)
         bar.event(
             "job_started",
@@ -242,23 +254,32 @@ def run_job(
             resources=pool.options.get("num_gpus") and "gpu" or "cpu",
             previous=spec.previous_uri,
             previous_reusable=reuse,
+            key_pass_seconds=keys.seconds,
+            repeated_ids=keys.repeats,
+            reusable_rows=keys.matched,
         )
         if committed:
-            bar.resumed(store.records())
-        _dispatch(pool, todo, spec, bar, previous if reuse else None, duplicates)
+            bar.resumed(store.records_table())
+        _dispatch(pool, todo, spec, bar, store, reuse and keys.matched > 0, keys.bad_rows)
         _release_pool(pool, spec, keep_warm and not started_ray)
         pool = None
-        records = store.records()
+        records = store.fold_all()
         _check_complete(plan, records)
-        deleted = find_deleted(previous, store, records, spec.output.compression) if previous else 0
+        index = build_index(store, records, store, INDEX_DIR)
+        totals = {
+            k: int(sum(records.column(k).to_pylist()))
+            for k in ("embedded", "reused", "quarantined", "rows", "rows_in")
+        }
         summary = {
-            **bar.summary(plan.rows - sum(r["rows_in"] for r in records if r["shard_id"] in committed)),
-            "deleted": deleted,
+            **bar.summary(plan.rows - sum(s.rows for s in plan.shards if s.shard_id in committed)),
+            "deleted": keys.deleted or 0,
             "output": spec.output.uri,
         }
-        summary.update({k: sum(r.get(k, 0) for r in records) for k in ("embedded", "reused", "quarantined")})
-        summary["rows_written"] = sum(r["rows"] for r in records)
+        summary.update({k: totals[k] for k in ("embedded", "reused", "quarantined")})
+        summary["rows_written"] = totals["rows"]
+        summary["indexed"] = index["rows"]
         store.write_json(SUCCESS_FILE, {**summary, "plan_fingerprint": plan.fingerprint})
+        store.remove_dir(WORK_DIR)
         store.remove_tmp()
         bar.event("job_done", **summary)
         return summary
@@ -303,7 +324,8 @@ def _dispatch(
     todo: list[Shard],
     spec: JobSpec,
     bar: Progress,
-    previous: PreviousOutput | None,
+    store: OutputStore,
+    reuse: bool,
     bad_rows: dict[str, list[tuple[int, str]]],
 ) -> None:
     """Keep every healthy replica busy (a bounded number of shards in flight each) until all shards are committed.
@@ -325,7 +347,9 @@ def _dispatch(
     in_flight: dict[Any, tuple[Shard, _Slot]] = {}
     probes: dict[Any, _Slot] = {}
     depth = spec.compute.in_flight_per_replica
-    job_spec = spec.to_dict()
+    spec_ref = ray.put(spec.to_dict())  # one copy in the object store, not one per task
+    received: list[dict[str, Any]] = []
+    folded_at = time.monotonic()
     while pending or in_flight:
         now = time.monotonic()
         for slot in pool.slots:
@@ -336,12 +360,11 @@ def _dispatch(
                 shard = pending.popleft()
                 attempts[shard.shard_id] += 1
                 task = {
-                    "spec": job_spec,
                     "shard": shard.to_dict(),
-                    "previous": previous.task_for(shard.source) if previous else None,
+                    "reuse": reuse,
                     "bad_rows": bad_rows.get(shard.shard_id, []),
                 }
-                in_flight[slot.actor.process.remote(task)] = (shard, slot)
+                in_flight[slot.actor.process.remote(task, spec_ref)] = (shard, slot)
                 slot.in_flight += 1
         waiting = list(in_flight) + list(probes)
         if not waiting:
@@ -391,21 +414,35 @@ def _dispatch(
                     f"{type(cause).__name__}: {cause}"
                 ) from cause
             bar.committed(record, attempts[shard.shard_id])
+            if not record.get("skipped"):
+                received.append(record)
+            if len(received) >= FOLD_EVERY_RECORDS or (
+                received and time.monotonic() - folded_at > FOLD_EVERY_S
+            ):
+                store.fold(received)
+                received, folded_at = [], time.monotonic()
+    store.fold(received)
 
 
-def _check_complete(plan: Plan, records: list[dict[str, Any]]) -> None:
+def _check_complete(plan: Plan, records: Any) -> None:
     """Every planned shard has exactly one record and every input row is written or quarantined."""
-    by_id = {r["shard_id"]: r for r in records}
+    by_id = dict(
+        zip(
+            records.column("shard_id").to_pylist(),
+            zip(records.column("rows").to_pylist(), records.column("quarantined").to_pylist(), strict=True),
+            strict=True,
+        )
+    )
     missing = [s.shard_id for s in plan.shards if s.shard_id not in by_id]
     if missing:
         raise JobError(
             f"output: {len(missing)} planned shards have no manifest record (first: {missing[:3]})"
         )
     for s in plan.shards:
-        r = by_id[s.shard_id]
-        if r["rows"] + r["quarantined"] != s.rows:
+        rows, quarantined = by_id[s.shard_id]
+        if rows + quarantined != s.rows:
             raise JobError(
-                f"shard {s.index} ({s.shard_id}): {r['rows']} rows written + {r['quarantined']} quarantined "
+                f"shard {s.index} ({s.shard_id}): {rows} rows written + {quarantined} quarantined "
                 f"!= {s.rows} planned"
             )
 

@@ -13,12 +13,12 @@ import pyarrow as pa
 
 from jobs.faults import maybe_fail
 from jobs.fingerprint import digest, settings_fingerprint, text_hashes, weights_fingerprint
-from jobs.incremental import PreviousLookup
+from jobs.keypass import read_reused
 from jobs.manifest import ERRORS_DIR, OutputStore, part_name
-from jobs.plan import Shard
 from jobs.read import ID, ROW, TEXT, iter_shard_batches
 from jobs.retry import RetryPolicy
-from jobs.rows import BadRowsError, check_ids, check_texts, default_max_chars, merge_bad
+from jobs.rows import BadRowsError, check_ids, check_texts, default_max_chars, merge_bad, raw_text_values
+from jobs.shards import Shard
 from jobs.spec import JobSpec, resolve_model_name
 from jobs.write import parquet_bytes, shard_table, write_atomic
 
@@ -124,10 +124,13 @@ class ShardWorker:
         vectors = np.asarray(vectors)
         return vectors.astype(np.float16) if m.precision == "float16" else vectors
 
-    def process(self, task: dict[str, Any]) -> dict[str, Any]:
-        """Embed one shard and commit it (data file, then manifest record); an already committed shard is skipped."""
-        if "spec" in task:
-            self._use(task["spec"])
+    def process(self, task: dict[str, Any], spec: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Embed one shard and commit it (data file, then manifest record); an already committed shard is skipped.
+
+        task: {"shard": Shard dict, "reuse": bool (the key pass left reusable vectors), "bad_rows": [(row, why)]}.
+        """
+        if spec is not None:
+            self._use(spec)
         shard = Shard.from_dict(task["shard"])
         record_name = self.out.record_name(shard.shard_id)
         existing = self.out.read_json(record_name)
@@ -136,8 +139,8 @@ class ShardWorker:
         info = self.info()
         started = time.perf_counter()
         tokens_before = self.stats().get("tokens", 0)
-        previous = task.get("previous")
-        lookup = PreviousLookup(**previous, policy=self.policy) if previous else None
+        # {input row: (text_hash, vector)} found in the previous output by the key pass.
+        reusable = read_reused(self.out, shard.index) if task.get("reuse") else {}
         # Rows found bad at plan time (repeated ids), by row number within the source.
         known = {int(row): reason for row, reason in task.get("bad_rows") or []}
 
@@ -147,7 +150,7 @@ class ShardWorker:
         hashes: list[str] = []
         passthrough: dict[str, list[pa.Array]] = {c: [] for c in self.spec.input.passthrough}
         errors: list[dict[str, Any]] = []
-        reuse: list[tuple[int, int, int]] = []  # (output row, previous part, previous row)
+        reused = 0
         filled = 0
         batch_rows = self.spec.compute.batch_size * BATCHES_PER_READ
         batches = iter_shard_batches(shard, self.spec.input, batch_rows, self.policy)
@@ -155,7 +158,7 @@ class ShardWorker:
         for batch_no, batch in enumerate(_prefetch(batches, PREFETCH)):
             id_type = batch.schema.field(ID).type
             raw_ids = batch.column(ID).to_pylist()
-            raw_texts = _raw_values(batch.column(TEXT))
+            raw_texts = raw_text_values(batch.column(TEXT))
             clean, text_bad = check_texts(raw_texts, max_chars=self.max_chars)
             bad_text_pos = {p for p, _ in text_bad}
             text_at = dict(
@@ -181,21 +184,24 @@ class ShardWorker:
             keep = [p for p in range(len(raw_texts)) if p not in bad_pos]
             texts = [text_at[p] for p in keep]
             batch_hashes = text_hashes(texts)
-            kept_ids = [raw_ids[p] for p in keep]
-            matched = lookup.match(kept_ids, batch_hashes) if lookup else {}
-            to_embed = [k for k in range(len(keep)) if k not in matched]
+            to_embed = []
+            for k, p in enumerate(keep):
+                hit = reusable.get(rows[p])
+                # The hash is checked again: the input may have changed since the key pass read it.
+                if hit is not None and hit[0] == batch_hashes[k] and len(hit[1]) == dim:
+                    vectors[filled + k] = hit[1]
+                    reused += 1
+                else:
+                    to_embed.append(k)
             if to_embed:
                 maybe_fail("worker.batch", shard=shard.shard_id, shard_index=shard.index, batch=batch_no)
                 vectors[[filled + k for k in to_embed]] = self._encode([texts[k] for k in to_embed])
-            reuse += [(filled + k, part, row) for k, (part, row) in matched.items()]
             take = pa.array(keep, pa.int64())
             ids.append(batch.column(ID).take(take).combine_chunks())
             for col in passthrough:
                 passthrough[col].append(batch.column(col).take(take).combine_chunks())
             hashes += batch_hashes
             filled += len(keep)
-        if lookup and reuse:
-            lookup.gather(reuse, vectors)
         table = shard_table(
             pa.concat_arrays(ids) if ids else pa.array([], id_type or pa.string()),
             vectors[:filled],
@@ -231,8 +237,8 @@ class ShardWorker:
             "stop": shard.stop,
             "rows_in": shard.rows,
             "rows": filled,
-            "embedded": filled - len(reuse),
-            "reused": len(reuse),
+            "embedded": filled - reused,
+            "reused": reused,
             "quarantined": len(errors),
             "errors_file": f"{ERRORS_DIR}/{shard.shard_id}.parquet" if errors else None,
             "text_hash_digest": digest(hashes, size=16),
@@ -243,15 +249,6 @@ class ShardWorker:
         # The record is the commit: written only after the data file sits whole at its final name.
         self.out.write_json(record_name, record)
         return record
-
-
-def _raw_values(column: pa.ChunkedArray) -> list[Any]:
-    """Python values of the text column; strings go through bytes, so invalid UTF-8 is reported, not raised."""
-    if pa.types.is_string(column.type):
-        column = column.cast(pa.binary())
-    elif pa.types.is_large_string(column.type):
-        column = column.cast(pa.large_binary())
-    return column.to_pylist()
 
 
 def _str(value: Any) -> str | None:

@@ -113,11 +113,18 @@ def read_output(fs, root: str):
     import pyarrow.parquet as pq
 
     root = root.split("://", 1)[-1].rstrip("/")
-    records = []
+    by_id = {}
     for name in sorted(fs.ls(posixpath.join(root, "_manifest"), detail=False)):
         if name.endswith(".json"):
-            records.append(json.loads(fs.cat(name)))
-    records.sort(key=lambda r: r["index"])
+            found = [json.loads(fs.cat(name))]
+        elif name.endswith(".parquet"):  # records the driver folded
+            with fs.open(name, "rb") as f:
+                found = pq.read_table(f).to_pylist()
+        else:
+            continue
+        for r in found:
+            by_id.setdefault(r["shard_id"], r)
+    records = sorted(by_id.values(), key=lambda r: r["index"])
     tables = []
     for r in records:
         with fs.open(posixpath.join(root, r["file"]), "rb") as f:

@@ -58,7 +58,7 @@ def test_folder_of_files_shards_cover_every_row_once(tmp_path):
     again = plan_job(spec_for(str(tmp_path)))
     assert [s.shard_id for s in again.shards] == [s.shard_id for s in plan.shards]
     assert len({s.shard_id for s in plan.shards}) == len(plan.shards)
-    assert Plan.from_dict(plan.to_dict()).fingerprint == plan.fingerprint
+    assert Plan.from_table(plan.to_table()).fingerprint == plan.fingerprint
 
 
 def test_changed_file_changes_ids_and_fingerprint(tmp_path):

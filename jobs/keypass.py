@@ -1,0 +1,395 @@
+"""The key pass, before any shard is embedded: the input's ids, shuffled into id-hash buckets by Ray tasks.
+
+1. scan (one task per group of shards): read ids (and, when a previous output can lend vectors, the texts,
+   cleaned exactly as a replica cleans them, to hash them); write (id, shard, row, text_hash) per bucket.
+2. join (one task per bucket): repeated ids in plan order; with --previous, the previous ids that are gone
+   (written to _deleted/ here) and the rows whose id and text hash the previous output holds.
+3. gather (one task per group of previous parts): copy the matched previous vectors into per-group files of
+   this run's shards, so a replica reads only its own shard's reused vectors.
+No process holds every id: a task holds one group or one bucket; the driver holds counts and the repeats.
+All of it lives in OUT/_work/ and is deleted once the job succeeds.
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jobs.buckets import bucket_count, bucket_dir, id_keys, split_by_bucket
+from jobs.fingerprint import text_hashes
+from jobs.index import INDEX_DIR, PreviousOutput, build_index, open_store, read_bucket
+from jobs.manifest import DELETED_DIR, OutputStore
+from jobs.plan import PlanError
+from jobs.read import ID, ROW, TEXT, iter_shard_batches
+from jobs.retry import RetryPolicy
+from jobs.rows import check_texts, duplicate_ids, raw_text_values
+from jobs.shards import Plan, Shard
+from jobs.spec import JobSpec
+from jobs.tasks import run_tasks
+from jobs.write import parquet_bytes
+
+WORK_DIR = "_work"
+KEYS_DIR = f"{WORK_DIR}/keys"
+MATCH_DIR = f"{WORK_DIR}/match"
+VEC_DIR = f"{WORK_DIR}/vec"
+PREV_INDEX_DIR = f"{WORK_DIR}/previous-index"
+DONE_FILE = f"{WORK_DIR}/_keys.json"
+REPEATS_FILE = f"{WORK_DIR}/repeats.parquet"
+ROWS_PER_SCAN = 1_000_000  # rows one scan task reads
+SHARDS_PER_GROUP = 64  # this run's shards per reuse folder
+GATHER_BYTES = 256 << 20  # previous vectors one gather task holds
+READ_ROWS = 65_536
+
+
+class DuplicateIdsError(PlanError):
+    """policy fail and the input repeats ids: names the first repeats, their files and rows."""
+
+
+@dataclass
+class KeyPassResult:
+    """What the key pass found; `bad_rows` maps shard id -> [(row, reason)] of repeated ids."""
+
+    bad_rows: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    keys: int = 0
+    repeats: int = 0
+    deleted: int | None = None  # None: no previous output
+    matched: int = 0
+    seconds: float = 0.0
+
+
+def group_of(shard_index: int) -> int:
+    """The reuse folder group of a shard."""
+    return shard_index // SHARDS_PER_GROUP
+
+
+def vec_dir(shard_index: int) -> str:
+    """The folder holding the reused vectors of a shard's group."""
+    return f"{VEC_DIR}/g={group_of(shard_index):06d}"
+
+
+def run_key_pass(
+    spec: JobSpec,
+    plan: Plan,
+    store: OutputStore,
+    previous: PreviousOutput | None,
+    reuse: bool,
+    max_chars: int | None,
+    fingerprint: str,
+) -> KeyPassResult:
+    """Find repeated ids, gone ids and reusable vectors of the whole input; resumes from OUT/_work/_keys.json."""
+    started = time.perf_counter()
+    done = store.read_json(DONE_FILE)
+    if done is not None and done.get("fingerprint") == fingerprint:
+        result = KeyPassResult(
+            **{k: v for k, v in done.items() if k in ("keys", "repeats", "deleted", "matched")}
+        )
+        repeats = store.read_table(REPEATS_FILE)
+        if repeats is not None:
+            result.bad_rows = _bad_rows(plan, repeats.to_pylist())
+        result.seconds = round(time.perf_counter() - started, 3)
+        return result
+    store.remove_dir(WORK_DIR)
+    store.remove_dir(DELETED_DIR)
+    out_args = (store.uri, store.storage_options, store.policy.attempts)
+    with_text = reuse and previous is not None
+    prev_index = None
+    if previous is not None:
+        prev_index = _previous_index(previous, store)
+        buckets = prev_index["buckets"]
+    else:
+        buckets = bucket_count(plan.rows)
+
+    scans = [
+        (spec.to_dict(), [s.to_dict() for s in g], k, out_args, buckets, max_chars, with_text)
+        for k, g in enumerate(_groups(plan.shards))
+    ]
+    keys = sum(run_tasks(_scan, scans))
+
+    ppg = _parts_per_gather(previous, plan) if with_text else 0
+    joins = [(out_args, b, prev_index, ppg) for b in range(buckets)]
+    repeats: list[dict[str, Any]] = []
+    deleted = matched = 0
+    for r in run_tasks(_join, joins):
+        repeats += r["repeats"]
+        deleted += r["deleted"]
+        matched += r["matched"]
+    repeats.sort(key=lambda d: (d["shard"], d["row"]))
+    if repeats and spec.policy.on_bad_row == "fail":
+        raise DuplicateIdsError(_fail_message(spec, plan, repeats))
+
+    if matched:
+        top = int(max(previous.records.column("index").to_pylist())) + 1
+        gathers = [
+            (out_args, pg, previous.parts(pg * ppg, (pg + 1) * ppg), _prev_args(previous))
+            for pg in range(math.ceil(top / ppg))
+        ]
+        for _ in run_tasks(_gather, gathers):
+            pass
+    result = KeyPassResult(
+        bad_rows=_bad_rows(plan, repeats),
+        keys=keys,
+        repeats=len(repeats),
+        deleted=deleted if previous is not None else None,
+        matched=matched,
+    )
+    if repeats:
+        store.write_bytes(REPEATS_FILE, parquet_bytes(pa.Table.from_pylist(repeats), "zstd"))
+    store.write_json(
+        DONE_FILE,
+        {
+            "fingerprint": fingerprint,
+            "keys": keys,
+            "repeats": len(repeats),
+            "deleted": result.deleted,
+            "matched": matched,
+        },
+    )
+    result.seconds = round(time.perf_counter() - started, 3)
+    return result
+
+
+def _groups(shards: list[Shard]) -> list[list[Shard]]:
+    """Consecutive shards of about ROWS_PER_SCAN rows each."""
+    out: list[list[Shard]] = []
+    cur: list[Shard] = []
+    rows = 0
+    for s in shards:
+        if cur and rows + s.rows > ROWS_PER_SCAN:
+            out.append(cur)
+            cur, rows = [], 0
+        cur.append(s)
+        rows += s.rows
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _prev_args(previous: PreviousOutput) -> tuple:
+    s = previous.store
+    return s.uri, s.storage_options, s.policy.attempts
+
+
+def _previous_index(previous: PreviousOutput, store: OutputStore) -> dict[str, Any]:
+    """Where the previous output's id index is, building it into OUT/_work/ when the output has none."""
+    if previous.index is not None:
+        return {"store": _prev_args(previous), "dir": INDEX_DIR, "buckets": previous.index["buckets"]}
+    meta = build_index(previous.store, previous.records, store, PREV_INDEX_DIR)
+    return {
+        "store": (store.uri, store.storage_options, store.policy.attempts),
+        "dir": PREV_INDEX_DIR,
+        "buckets": meta["buckets"],
+    }
+
+
+def _parts_per_gather(previous: PreviousOutput, plan: Plan) -> int:
+    """Previous parts per gather task, so one task holds about GATHER_BYTES of vectors."""
+    width = int(previous.job.get("model", {}).get("dimension") or 1024)
+    rows_per_part = max(1, previous.rows // max(1, previous.records.num_rows))
+    return max(1, GATHER_BYTES // (width * 4) // rows_per_part)
+
+
+def _scan(
+    spec_dict: dict,
+    shards: list[dict],
+    group: int,
+    out_args: tuple,
+    buckets: int,
+    max_chars: int | None,
+    with_text: bool,
+) -> int:
+    """Ray task: the keys of a group of shards, written per bucket to OUT/_work/keys/b=*/s=<group>.parquet."""
+    spec = JobSpec.from_dict(spec_dict)
+    store = open_store(out_args)
+    policy = RetryPolicy(attempts=spec.policy.retries)
+    pieces = []
+    for d in shards:
+        shard = Shard.from_dict(d)
+        for batch in iter_shard_batches(shard, spec.input, READ_ROWS, policy, keys_only=not with_text):
+            ids = batch.column(ID).combine_chunks()
+            valid = pc.is_valid(ids)
+            if ids.type in (pa.float32(), pa.float64()):
+                valid = pc.and_(valid, pc.invert(pc.is_nan(ids)))
+            cols = {
+                "id": id_keys(ids),
+                "shard": pa.array(np.full(batch.num_rows, shard.index, np.int32)),
+                "row": batch.column(ROW).combine_chunks(),
+            }
+            if with_text:
+                raw = raw_text_values(batch.column(TEXT))
+                clean, bad = check_texts(raw, max_chars=max_chars)
+                bad_pos = {p for p, _ in bad}
+                hashes = iter(text_hashes(clean))
+                cols["text_hash"] = pa.array(
+                    [None if p in bad_pos else next(hashes) for p in range(len(raw))], pa.string()
+                )
+            pieces.append(pa.table(cols).filter(valid))
+    if not pieces:
+        return 0
+    table = pa.concat_tables(pieces)
+    for b, rows in split_by_bucket(table, "id", buckets):
+        store.write_bytes(
+            posixpath.join(KEYS_DIR, bucket_dir(b), f"s={group:06d}.parquet"), parquet_bytes(rows, "zstd")
+        )
+    return table.num_rows
+
+
+def _join(
+    out_args: tuple, b: int, prev_index: dict[str, Any] | None, parts_per_gather: int
+) -> dict[str, Any]:
+    """Ray task: one bucket's repeated ids, gone previous ids (to _deleted/) and reusable matches."""
+    store = open_store(out_args)
+    new = read_bucket(store, posixpath.join(KEYS_DIR, bucket_dir(b)))
+    repeats: list[dict[str, Any]] = []
+    first = None
+    if new is not None:
+        new = new.sort_by([("shard", "ascending"), ("row", "ascending")])
+        pairs = duplicate_ids(new.column("id"))
+        if pairs:
+            shard, row, key = (new.column(c).to_pylist() for c in ("shard", "row", "id"))
+            repeats = [
+                {"shard": shard[p], "row": row[p], "first_shard": shard[f], "first_row": row[f], "id": key[p]}
+                for p, f in pairs
+            ]
+            drop = np.ones(new.num_rows, bool)
+            drop[[p for p, _ in pairs]] = False
+            first = new.filter(pa.array(drop))
+        else:
+            first = new
+    out = {
+        "bucket": b,
+        "keys": 0 if new is None else new.num_rows,
+        "repeats": repeats,
+        "deleted": 0,
+        "matched": 0,
+    }
+    if prev_index is None:
+        return out
+    prev = read_bucket(open_store(prev_index["store"]), posixpath.join(prev_index["dir"], bucket_dir(b)))
+    if prev is None:
+        prev = pa.table(
+            {
+                "id": pa.array([], pa.string()),
+                "text_hash": pa.array([], pa.string()),
+                "part": pa.array([], pa.int32()),
+                "row": pa.array([], pa.int32()),
+            }
+        )
+    now_ids = new.column("id") if new is not None else pa.array([], pa.string())
+    gone = prev.filter(
+        pc.invert(pc.is_in(prev.column("id"), value_set=pa.chunked_array(now_ids).combine_chunks()))
+    )
+    store.write_bytes(
+        posixpath.join(DELETED_DIR, f"deleted-{b:05d}.parquet"),
+        parquet_bytes(pa.table({"id": gone.column("id").combine_chunks()}), "zstd"),
+    )
+    out["deleted"] = gone.num_rows
+    if parts_per_gather and first is not None and "text_hash" in first.column_names and prev.num_rows:
+        # An id written twice by an old output would match twice; the first of each id is the one kept.
+        dup = duplicate_ids(prev.column("id"))
+        if dup:
+            keep = np.ones(prev.num_rows, bool)
+            keep[[p for p, _ in dup]] = False
+            prev = prev.filter(pa.array(keep))
+        joined = first.filter(pc.is_valid(first.column("text_hash"))).join(
+            prev.rename_columns(["id", "prev_hash", "part", "prev_row"]), keys="id", join_type="inner"
+        )
+        joined = joined.filter(pc.equal(joined.column("text_hash"), joined.column("prev_hash")))
+        joined = joined.select(["shard", "row", "text_hash", "part", "prev_row"])
+        pg = pc.divide(joined.column("part"), pa.scalar(parts_per_gather, pa.int32())).to_numpy()
+        for g in np.unique(pg):
+            rows = joined.filter(pa.array(pg == g))
+            store.write_bytes(
+                posixpath.join(MATCH_DIR, f"pg={int(g):06d}", f"{bucket_dir(b)}.parquet"),
+                parquet_bytes(rows, "zstd"),
+            )
+        out["matched"] = joined.num_rows
+    return out
+
+
+def _gather(out_args: tuple, pg: int, parts: dict[int, str], prev_args: tuple) -> int:
+    """Ray task: copy the matched vectors of some previous parts into OUT/_work/vec/g=<group>/ files."""
+    store, prev = open_store(out_args), open_store(prev_args)
+    matches = read_bucket(store, posixpath.join(MATCH_DIR, f"pg={pg:06d}"))
+    if matches is None:
+        return 0
+    matches = matches.sort_by("part")
+    part_col = matches.column("part").to_numpy()
+    pieces = []
+    for part in np.unique(part_col):
+        sel = matches.filter(pa.array(part_col == part))
+        file = parts[int(part)]
+        column = prev.read_table(file, ["embedding"])
+        if column is None:
+            raise FileNotFoundError(
+                f"previous {prev.path(file)}: part file listed in its manifest is missing"
+            )
+        emb = column.column("embedding").combine_chunks().take(sel.column("prev_row"))
+        pieces.append(
+            pa.table(
+                {
+                    "shard": sel.column("shard"),
+                    "row": sel.column("row"),
+                    "text_hash": sel.column("text_hash"),
+                    "embedding": emb,
+                }
+            )
+        )
+    table = pa.concat_tables(pieces)
+    groups = pc.divide(table.column("shard"), pa.scalar(SHARDS_PER_GROUP, pa.int32())).to_numpy()
+    for g in np.unique(groups):
+        rows = table.filter(pa.array(groups == g)).sort_by([("shard", "ascending"), ("row", "ascending")])
+        store.write_bytes(
+            posixpath.join(VEC_DIR, f"g={int(g):06d}", f"pg={pg:06d}.parquet"), parquet_bytes(rows, "none")
+        )
+    return table.num_rows
+
+
+def read_reused(store: OutputStore, shard_index: int) -> dict[int, tuple[str, Any]]:
+    """Inside a replica: {input row: (text_hash, vector)} of the shard's rows the key pass found reusable."""
+    table = read_bucket(store, vec_dir(shard_index))
+    if table is None:
+        return {}
+    table = table.filter(pc.equal(table.column("shard"), shard_index))
+    if table.num_rows == 0:
+        return {}
+    emb = table.column("embedding").combine_chunks()
+    values = emb.flatten().to_numpy(zero_copy_only=False).reshape(len(emb), emb.type.list_size)
+    return dict(
+        zip(
+            table.column("row").to_pylist(),
+            zip(table.column("text_hash").to_pylist(), values, strict=True),
+            strict=True,
+        )
+    )
+
+
+def _bad_rows(plan: Plan, repeats: list[dict[str, Any]]) -> dict[str, list[tuple[int, str]]]:
+    out: dict[str, list[tuple[int, str]]] = {}
+    for r in repeats:
+        shard, first = plan.shards[r["shard"]], plan.shards[r["first_shard"]]
+        out.setdefault(shard.shard_id, []).append(
+            (r["row"], f"duplicate id (first at {first.source} row {r['first_row']})")
+        )
+    return out
+
+
+def _fail_message(spec: JobSpec, plan: Plan, repeats: list[dict[str, Any]]) -> str:
+    lines = [
+        f"{r['id']!r} at {plan.shards[r['shard']].source} row {r['row']} "
+        f"(first at {plan.shards[r['first_shard']].source} row {r['first_row']})"
+        for r in repeats[:5]
+    ]
+    more = f" (and {len(repeats) - 5} more)" if len(repeats) > 5 else ""
+    n = len(repeats)
+    return (
+        f"input.id_column: {n} duplicate id{'s' if n != 1 else ''} in column {spec.input.id_column!r}: "
+        f"{'; '.join(lines)}{more}; ids must be unique, or set policy.on_bad_row: quarantine to embed the "
+        "first row of each id and quarantine the repeats"
+    )
