@@ -61,17 +61,13 @@ class KeyPassResult:
     repeats: int = 0
     deleted: int | None = None  # None: no previous output
     matched: int = 0
+    group_size: int = SHARDS_PER_GROUP  # shards per folder of reusable vectors
     seconds: float = 0.0
 
 
-def group_of(shard_index: int) -> int:
-    """The reuse folder group of a shard."""
-    return shard_index // SHARDS_PER_GROUP
-
-
-def vec_dir(shard_index: int) -> str:
-    """The folder holding the reused vectors of a shard's group."""
-    return f"{VEC_DIR}/g={group_of(shard_index):06d}"
+def vec_dir(shard_index: int, group_size: int) -> str:
+    """The folder holding the reused vectors of a shard's group (a replica lists just this one)."""
+    return f"{VEC_DIR}/g={shard_index // group_size:06d}"
 
 
 def run_key_pass(
@@ -88,7 +84,7 @@ def run_key_pass(
     done = store.read_json(DONE_FILE)
     if done is not None and done.get("fingerprint") == fingerprint:
         result = KeyPassResult(
-            **{k: v for k, v in done.items() if k in ("keys", "repeats", "deleted", "matched")}
+            **{k: v for k, v in done.items() if k in ("keys", "repeats", "deleted", "matched", "group_size")}
         )
         repeats = store.read_table(REPEATS_FILE)
         if repeats is not None:
@@ -127,7 +123,7 @@ def run_key_pass(
     if matched:
         top = int(max(previous.records.column("index").to_pylist())) + 1
         gathers = [
-            (out_args, pg, previous.parts(pg * ppg, (pg + 1) * ppg), _prev_args(previous))
+            (out_args, pg, previous.parts(pg * ppg, (pg + 1) * ppg), _prev_args(previous), SHARDS_PER_GROUP)
             for pg in range(math.ceil(top / ppg))
         ]
         for _ in run_tasks(_gather, gathers):
@@ -138,6 +134,7 @@ def run_key_pass(
         repeats=len(repeats),
         deleted=deleted if previous is not None else None,
         matched=matched,
+        group_size=SHARDS_PER_GROUP,
     )
     if repeats:
         store.write_bytes(REPEATS_FILE, parquet_bytes(pa.Table.from_pylist(repeats), "zstd"))
@@ -149,6 +146,7 @@ def run_key_pass(
             "repeats": len(repeats),
             "deleted": result.deleted,
             "matched": matched,
+            "group_size": SHARDS_PER_GROUP,
         },
     )
     result.seconds = round(time.perf_counter() - started, 3)
@@ -313,7 +311,7 @@ def _join(
     return out
 
 
-def _gather(out_args: tuple, pg: int, parts: dict[int, str], prev_args: tuple) -> int:
+def _gather(out_args: tuple, pg: int, parts: dict[int, str], prev_args: tuple, group_size: int) -> int:
     """Ray task: copy the matched vectors of some previous parts into OUT/_work/vec/g=<group>/ files."""
     store, prev = open_store(out_args), open_store(prev_args)
     matches = read_bucket(store, posixpath.join(MATCH_DIR, f"pg={pg:06d}"))
@@ -342,18 +340,20 @@ def _gather(out_args: tuple, pg: int, parts: dict[int, str], prev_args: tuple) -
             )
         )
     table = pa.concat_tables(pieces)
-    groups = pc.divide(table.column("shard"), pa.scalar(SHARDS_PER_GROUP, pa.int32())).to_numpy()
-    for g in np.unique(groups):
-        rows = table.filter(pa.array(groups == g)).sort_by([("shard", "ascending"), ("row", "ascending")])
+    shard_col = table.column("shard").to_numpy()
+    for first in np.unique(shard_col // group_size) * group_size:
+        rows = table.filter(pa.array(shard_col // group_size == first // group_size))
+        rows = rows.sort_by([("shard", "ascending"), ("row", "ascending")])
         store.write_bytes(
-            posixpath.join(VEC_DIR, f"g={int(g):06d}", f"pg={pg:06d}.parquet"), parquet_bytes(rows, "none")
+            posixpath.join(vec_dir(int(first), group_size), f"pg={pg:06d}.parquet"),
+            parquet_bytes(rows, "none"),
         )
     return table.num_rows
 
 
-def read_reused(store: OutputStore, shard_index: int) -> dict[int, tuple[str, Any]]:
+def read_reused(store: OutputStore, folder: str, shard_index: int) -> dict[int, tuple[str, Any]]:
     """Inside a replica: {input row: (text_hash, vector)} of the shard's rows the key pass found reusable."""
-    table = read_bucket(store, vec_dir(shard_index))
+    table = read_bucket(store, folder)
     if table is None:
         return {}
     table = table.filter(pc.equal(table.column("shard"), shard_index))

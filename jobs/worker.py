@@ -127,7 +127,8 @@ class ShardWorker:
     def process(self, task: dict[str, Any], spec: dict[str, Any] | None = None) -> dict[str, Any]:
         """Embed one shard and commit it (data file, then manifest record); an already committed shard is skipped.
 
-        task: {"shard": Shard dict, "reuse": bool (the key pass left reusable vectors), "bad_rows": [(row, why)]}.
+        task: {"shard": Shard dict, "reuse": folder of reusable vectors the key pass left (or None),
+        "bad_rows": [(row, why)] of repeated ids}.
         """
         if spec is not None:
             self._use(spec)
@@ -140,7 +141,7 @@ class ShardWorker:
         started = time.perf_counter()
         tokens_before = self.stats().get("tokens", 0)
         # {input row: (text_hash, vector)} found in the previous output by the key pass.
-        reusable = read_reused(self.out, shard.index) if task.get("reuse") else {}
+        reusable = read_reused(self.out, task["reuse"], shard.index) if task.get("reuse") else {}
         # Rows found bad at plan time (repeated ids), by row number within the source.
         known = {int(row): reason for row, reason in task.get("bad_rows") or []}
 

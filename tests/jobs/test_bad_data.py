@@ -236,3 +236,51 @@ def test_duplicate_ids(tmp_path, tiny_st_model):
         {"id": "a", "file": "2.parquet", "row": 1, "reason": "duplicate id (first at 1.parquet row 0)"}
     ]
     assert json.load(open(os.path.join(out, "_SUCCESS")))["quarantined"] == 1
+
+
+def test_duplicate_ids_across_files_and_shards_in_many_buckets(tmp_path, tiny_st_model, monkeypatch):
+    """Repeats spread over 3 files and many shards, checked in 8 buckets by separate tasks: the fail message
+    names the first repeats in plan order, and quarantine keeps exactly the first row of each id."""
+    import jobs.keypass
+
+    monkeypatch.setenv("EMBEDJOB_IDS_PER_BUCKET", "12")
+    monkeypatch.setattr(jobs.keypass, "ROWS_PER_SCAN", 20)
+    rng = np.random.default_rng(5)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    files = []
+    for k in range(3):
+        ids = [f"id-{int(v)}" for v in rng.integers(0, 60, size=30)]
+        texts = [f"text {k} {r}" for r in range(30)]
+        pq.write_table(pa.table({"id": ids, "text": texts}), str(inp / f"{k}.parquet"), row_group_size=10)
+        files.append((f"{k}.parquet", ids))
+    seen: dict[str, tuple[str, int]] = {}
+    expected = []
+    for name, ids in files:  # plan order: files by name, rows in order
+        for row, i in enumerate(ids):
+            if i in seen:
+                first = seen[i]
+                expected.append(
+                    {
+                        "id": i,
+                        "file": name,
+                        "row": row,
+                        "reason": f"duplicate id (first at {first[0]} row {first[1]})",
+                    }
+                )
+            else:
+                seen[i] = (name, row)
+    assert len(expected) > 20
+    with pytest.raises(PlanError, match=rf"input\.id_column: {len(expected)} duplicate ids") as failed:
+        run_job(spec_for(tiny_st_model, str(inp), str(tmp_path / "f")), progress=False)
+    for e in expected[:5]:
+        assert f"'{e['id']}' at {e['file']} row {e['row']}" in str(failed.value)
+    assert not os.path.exists(tmp_path / "f" / "_job.json")  # refused before the job is started
+    out = str(tmp_path / "q")
+    summary = run_job(spec_for(tiny_st_model, str(inp), out, on_bad_row="quarantine"), progress=False)
+    assert summary["quarantined"] == len(expected) and summary["rows_written"] == 90 - len(expected)
+    errors = pq.read_table(os.path.join(out, "_errors")).to_pylist()
+    key = lambda e: (e["file"], e["row"])  # noqa: E731
+    assert sorted(errors, key=key) == sorted(expected, key=key)
+    written = pq.read_table(out).column("id").to_pylist()
+    assert sorted(written) == sorted(seen)

@@ -65,3 +65,92 @@ def test_previous_with_other_settings_reuses_nothing(tmp_path, tiny_st_model, jo
     )
     summary = run_job(spec, progress=False, keep_warm=True)
     assert (summary["embedded"], summary["reused"], summary["deleted"]) == (30, 0, 0)
+
+
+def write_layout(folder, rows: dict[int, str], files: int, seed: int) -> None:
+    """rows {i: text} shuffled, then split into `files` files under names no earlier export used."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(sorted(rows))
+    os.makedirs(folder, exist_ok=True)
+    for k, ids in enumerate(np.array_split(order, files)):
+        table = pa.table({"id": [f"doc-{i}" for i in ids], "text": [rows[int(i)] for i in ids]})
+        pq.write_table(table, os.path.join(folder, f"export-{seed}-{k:03d}.parquet"), row_group_size=7)
+
+
+def by_id(table: pa.Table) -> pa.Table:
+    return table.sort_by("id")
+
+
+@pytest.fixture
+def small_buckets(monkeypatch):
+    """Many id buckets, reuse folders and gather tasks on a small input, so each path crosses boundaries."""
+    import jobs.index
+    import jobs.keypass
+
+    monkeypatch.setenv("EMBEDJOB_IDS_PER_BUCKET", "40")
+    monkeypatch.setattr(jobs.keypass, "SHARDS_PER_GROUP", 3)
+    monkeypatch.setattr(jobs.keypass, "GATHER_BYTES", 2 * 25 * 32 * 4)  # two previous parts per gather task
+    monkeypatch.setattr(jobs.keypass, "ROWS_PER_SCAN", 60)
+    monkeypatch.setattr(jobs.index, "ROWS_PER_INDEX_TASK", 60)
+
+
+def test_reexport_under_new_names_and_repartitioned_reuses_by_id(
+    tmp_path, tiny_st_model, jobio, jobkit, small_buckets
+):
+    """Nightly: the same corpus exported again (new names, other partitioning, rows moved), 1% changed,
+    added and deleted: counts exact, the output equal to a fresh full run, and reported in _SUCCESS."""
+    texts = jobio.corpus(310, seed=21)
+    before = {i: texts[i] for i in range(300)}
+    write_layout(tmp_path / "in1", before, files=3, seed=1)
+    out1 = str(tmp_path / "out1")
+    first = run_job(
+        jobkit.job_spec(tiny_st_model, str(tmp_path / "in1"), out1), progress=False, keep_warm=True
+    )
+    assert first["embedded"] == 300 and first["indexed"] == 300
+
+    # The same rows under new names and in 5 files instead of 3: every vector is reused.
+    write_layout(tmp_path / "same", before, files=5, seed=2)
+    out_same = str(tmp_path / "same-out")
+    spec = jobkit.job_spec(tiny_st_model, str(tmp_path / "same"), out_same, previous=out1)
+    same = run_job(spec, progress=False, keep_warm=True)
+    assert (same["embedded"], same["reused"], same["deleted"]) == (0, 300, 0)
+
+    after = dict(before)
+    for i in (5, 150, 299):
+        after[i] = f"changed text number {i} about the dog"
+    for i in (17, 88, 240):
+        del after[i]
+    for i in (300, 301, 302):
+        after[i] = texts[i]
+    write_layout(tmp_path / "in2", after, files=7, seed=3)
+    out2 = str(tmp_path / "out2")
+    spec = jobkit.job_spec(tiny_st_model, str(tmp_path / "in2"), out2, previous=out_same)
+    summary = run_job(spec, progress=False, keep_warm=True)
+    assert (summary["embedded"], summary["reused"], summary["deleted"]) == (6, 294, 3)
+    success = json.load(open(os.path.join(out2, "_SUCCESS")))
+    assert (success["embedded"], success["reused"], success["deleted"]) == (6, 294, 3)
+    deleted = pq.read_table(os.path.join(out2, "_deleted")).column("id").to_pylist()
+    assert sorted(deleted) == ["doc-17", "doc-240", "doc-88"]
+    assert not os.path.exists(os.path.join(out2, "_work"))  # the key pass's files go once the job succeeds
+
+    full = str(tmp_path / "full")
+    run_job(jobkit.job_spec(tiny_st_model, str(tmp_path / "in2"), full), progress=False, keep_warm=True)
+    inc, fresh = by_id(jobkit.read_job(out2)[1]), by_id(jobkit.read_job(full)[1])
+    assert inc.column("id").to_pylist() == fresh.column("id").to_pylist()
+    assert inc.column("text_hash").to_pylist() == fresh.column("text_hash").to_pylist()
+    assert np.abs(jobkit.vectors(inc) - jobkit.vectors(fresh)).max() <= 1e-4
+
+
+def test_previous_output_without_an_index_is_indexed_on_the_fly(tmp_path, tiny_st_model, jobio, jobkit):
+    """An output written before the id index existed (no _index/) still lends its vectors."""
+    import shutil
+
+    rows = dict(enumerate(jobio.corpus(60, seed=22)))
+    write_layout(tmp_path / "in1", rows, files=2, seed=4)
+    out1 = str(tmp_path / "out1")
+    run_job(jobkit.job_spec(tiny_st_model, str(tmp_path / "in1"), out1), progress=False, keep_warm=True)
+    shutil.rmtree(os.path.join(out1, "_index"))
+    write_layout(tmp_path / "in2", rows, files=3, seed=5)
+    spec = jobkit.job_spec(tiny_st_model, str(tmp_path / "in2"), str(tmp_path / "out2"), previous=out1)
+    summary = run_job(spec, progress=False, keep_warm=True)
+    assert (summary["embedded"], summary["reused"], summary["deleted"]) == (0, 60, 0)

@@ -9,7 +9,10 @@ from jobs.shards import Plan, Shard
 
 
 def _plan(n: int, rows: int = 100) -> Plan:
-    shards = [Shard(i, f"s{i:08d}", "parquet", "f.parquet", "/f.parquet", i * rows, (i + 1) * rows) for i in range(n)]
+    shards = [
+        Shard(i, f"s{i:08d}", "parquet", "f.parquet", "/f.parquet", i * rows, (i + 1) * rows)
+        for i in range(n)
+    ]
     return Plan("parquet", shards, {"text": "string"}, files=1)
 
 
@@ -70,7 +73,9 @@ def test_status_resume_and_check_over_30000_shards_stay_fast(tmp_path, monkeypat
     for lo in range(0, n - 200, segment):
         store.write_bytes(
             f"_manifest/segment-{lo:08d}.parquet",
-            table_bytes(records_to_table([_record(i, 1000.0 + i) for i in range(lo, min(n - 200, lo + segment))])),
+            table_bytes(
+                records_to_table([_record(i, 1000.0 + i) for i in range(lo, min(n - 200, lo + segment))])
+            ),
         )
     for i in range(n - 200, n):
         store.write_json(store.record_name(f"s{i:08d}"), _record(i, 1000.0 + i))
@@ -100,7 +105,9 @@ def test_status_resume_and_check_over_30000_shards_stay_fast(tmp_path, monkeypat
     _check_complete(plan, store.records_table())
     check_s = time.perf_counter() - started
     assert len(committed) == n
-    print(f"\n[30,000 shards] status {status_s:.2f} s, resume set + end-of-job check {check_s:.2f} s, reads {reads}")
+    print(
+        f"\n[30,000 shards] status {status_s:.2f} s, resume set + end-of-job check {check_s:.2f} s, reads {reads}"
+    )
     # Three passes over the manifest (status, resume set, check): the tail's JSON files and 30 segments
     # each time, plus _SUCCESS and the plan, never one read per shard.
     assert reads["json"] == 3 * 200 + 1 and reads["parquet"] == 3 * 30 + 1
