@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
-from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 # Ids per bucket: one bucket (new keys plus the previous index's) is what one join task holds in memory.
 IDS_PER_BUCKET = 1_000_000
@@ -45,17 +46,32 @@ def bucket_of(keys: pa.Array, buckets: int) -> np.ndarray:
     return (pd.util.hash_array(values.astype(object), categorize=False) % buckets).astype(np.int32)
 
 
-def split_by_bucket(table: pa.Table, key_column: str, buckets: int) -> Iterator[tuple[int, pa.Table]]:
-    """(bucket, rows of `table` in that bucket), for each non-empty bucket, rows kept in their order."""
-    b = bucket_of(table.column(key_column).combine_chunks(), buckets)
-    order = np.argsort(b, kind="stable")
-    sorted_b = b[order]
-    edges = np.flatnonzero(np.diff(sorted_b)) + 1
-    for lo, hi in zip(np.concatenate(([0], edges)), np.concatenate((edges, [len(b)])), strict=True):
-        if hi > lo:
-            yield int(sorted_b[lo]), table.take(pa.array(order[lo:hi]))
+def partitioned_parquet(table: pa.Table, partition: np.ndarray) -> tuple[bytes, dict[int, int]]:
+    """`table` as one Parquet file with one row group per partition value: (bytes, {partition: row group}).
+
+    One file per map task with a row group per partition (read back by ranged GETs) keeps a shuffle's file
+    count at the number of map tasks, not map tasks x partitions. Rows keep their order within a partition.
+    """
+    order = np.argsort(partition, kind="stable")
+    sorted_p = partition[order]
+    edges = np.flatnonzero(np.diff(sorted_p)) + 1
+    where: dict[int, int] = {}
+    sink = io.BytesIO()
+    with pq.ParquetWriter(sink, table.schema, compression="zstd") as writer:
+        for lo, hi in zip(np.concatenate(([0], edges)), np.concatenate((edges, [len(order)])), strict=True):
+            if hi > lo:
+                rows = table.take(pa.array(order[lo:hi]))
+                writer.write_table(rows, row_group_size=rows.num_rows)
+                where[int(sorted_p[lo])] = len(where)
+    return sink.getvalue(), where
 
 
-def bucket_dir(b: int) -> str:
-    """The folder name of bucket b."""
-    return f"b={b:05d}"
+def bucketed_parquet(table: pa.Table, key_column: str, buckets: int) -> tuple[bytes, list[int]]:
+    """partitioned_parquet by id bucket: (bytes, groups) with groups[b] the row group of bucket b, or -1."""
+    data, where = partitioned_parquet(table, bucket_of(table.column(key_column).combine_chunks(), buckets))
+    return data, [where.get(b, -1) for b in range(buckets)]
+
+
+def bucket_sources(files: list[tuple[str, list[int]]], b: int) -> list[tuple[str, int]]:
+    """(file, row group) of bucket b in each bucketed file that has rows in it."""
+    return [(rel, groups[b]) for rel, groups in files if groups[b] >= 0]

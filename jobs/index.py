@@ -1,9 +1,10 @@
 """The id index of an output, and a previous output seen through it.
 
-`_index/b=<bucket>/g=<group>.parquet` holds (id, text_hash, part, row) for every written row, partitioned by
-the hash of the id (jobs.buckets), so that a later run joins its own ids with one bucket at a time whatever
-its file layout. `part` is the shard index of the part file (the manifest maps it to the file name) and
-`row` the row within it. The index is built by Ray tasks at the end of a job, each over a group of parts.
+`_index/g=<group>.parquet` holds (id, text_hash, part, row) for every written row, one row group per id-hash
+bucket (jobs.buckets), so that a later run joins its own ids with one bucket at a time whatever its file
+layout, reading just that bucket's row group of each file. `_index/_map.parquet` says which row group holds
+which bucket in each file. `part` is the shard index of the part file (the manifest maps it to the file name)
+and `row` the row within it. The index is built by Ray tasks at the end of a job, each over a group of parts.
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from jobs.buckets import HASH_NAME, bucket_count, bucket_dir, id_keys, split_by_bucket
+from jobs.buckets import HASH_NAME, bucket_count, bucketed_parquet, id_keys
 from jobs.manifest import JOB_FILE, OutputStore
 from jobs.retry import RetryPolicy
 from jobs.tasks import run_tasks
-from jobs.write import parquet_bytes
+from jobs.write import parquet_bytes, retried
 
 INDEX_DIR = "_index"
 INDEX_META = "_index.json"
+INDEX_MAP = "_map.parquet"
 ROWS_PER_INDEX_TASK = 1_000_000
 INDEX_SCHEMA = pa.schema(
     [("id", pa.string()), ("text_hash", pa.string()), ("part", pa.int32()), ("row", pa.int32())]
@@ -56,10 +59,23 @@ def build_index(
         (_store_args(source), group, _store_args(target), target_dir, buckets, g)
         for g, group in enumerate(groups)
     ]
-    indexed = sum(run_tasks(_index_parts, calls))
-    meta = {"version": 1, "hash": HASH_NAME, "buckets": buckets, "rows": indexed, "parts": len(parts)}
+    files = sorted((rel, groups) for rows, rel, groups in run_tasks(_index_parts, calls) if rows)
+    indexed = sum(c for _, _, c in parts)
+    bucket_map = pa.table(
+        {"file": [f for f, _ in files], "groups": pa.array([g for _, g in files], pa.list_(pa.int32()))}
+    )
+    target.write_bytes(posixpath.join(target_dir, INDEX_MAP), parquet_bytes(bucket_map, "zstd"))
+    meta = {"version": 2, "hash": HASH_NAME, "buckets": buckets, "rows": indexed, "parts": len(parts)}
     target.write_json(posixpath.join(target_dir, INDEX_META), meta)
     return meta
+
+
+def load_map(store: OutputStore, index_dir: str) -> list[tuple[str, list[int]]]:
+    """(file, row group of each bucket) of every file of an index."""
+    table = store.read_table(posixpath.join(index_dir, INDEX_MAP))
+    if table is None:
+        raise FileNotFoundError(f"output {store.path(index_dir)}: the id index has no {INDEX_MAP}")
+    return list(zip(table.column("file").to_pylist(), table.column("groups").to_pylist(), strict=True))
 
 
 def _store_args(store: OutputStore) -> tuple[str, dict[str, Any], int]:
@@ -101,24 +117,25 @@ def _index_parts(
             )
         )
     if not tables:
-        return 0
+        return 0, "", []
     table = pa.concat_tables(tables)
-    for b, rows in split_by_bucket(table, "id", buckets):
-        rel = posixpath.join(target_dir, bucket_dir(b), f"g={group:06d}.parquet")
-        target.write_bytes(rel, parquet_bytes(rows, "zstd"))
-    return table.num_rows
+    data, groups = bucketed_parquet(table, "id", buckets)
+    rel = posixpath.join(target_dir, f"g={group:06d}.parquet")
+    target.write_bytes(rel, data)
+    return table.num_rows, rel, groups
 
 
-def read_bucket(store: OutputStore, folder: str, columns: list[str] | None = None) -> pa.Table | None:
-    """All files of one bucket folder concatenated (None when the folder is absent: an empty bucket)."""
-    path = store.path(folder)
-    store.fs.invalidate_cache(path)
-    try:
-        names = sorted(n for n in store.fs.ls(path, detail=False) if n.endswith(".parquet"))
-    except FileNotFoundError:
-        return None
-    tables = [store.read_table(posixpath.relpath(n, store.root), columns) for n in names]
-    tables = [t for t in tables if t is not None]
+def read_row_groups(store: OutputStore, sources: list[tuple[str, int]]) -> pa.Table | None:
+    """Row group `rg` of each (file, rg), concatenated (None when there are none)."""
+    tables = []
+    for rel, rg in sources:
+        path = store.path(rel)
+
+        def read(path: str = path, rg: int = rg) -> pa.Table:
+            with store.fs.open(path, "rb") as f:
+                return pq.ParquetFile(f).read_row_group(rg)
+
+        tables.append(retried(read, f"output {path}: read row group {rg}", store.policy, key=path))
     return pa.concat_tables(tables) if tables else None
 
 
@@ -134,8 +151,8 @@ class PreviousOutput:
             )
         self.records = self.store.records_table()
         self.index = self.store.read_json(posixpath.join(INDEX_DIR, INDEX_META))
-        if self.index is not None and self.index.get("hash") != HASH_NAME:
-            self.index = None  # another id hash: rebuilt into this run's work folder
+        if self.index is not None and (self.index.get("hash") != HASH_NAME or self.index.get("version") != 2):
+            self.index = None  # another hash or layout: rebuilt into this run's work folder
 
     def reusable(self, settings_fingerprint: str) -> bool:
         """Whether the previous vectors came from the same weights and embedding settings."""
@@ -147,7 +164,8 @@ class PreviousOutput:
         return int(sum(self.records.column("rows").to_pylist()))
 
     def parts(self, lo: int, hi: int) -> dict[int, str]:
-        """{shard index: part file} of the previous parts with lo <= index < hi."""
-        idx = self.records.column("index").to_pylist()
-        files = self.records.column("file").to_pylist()
-        return {i: f for i, f in zip(idx, files, strict=True) if lo <= i < hi}
+        """{shard index: part file} of the previous parts with lo <= index < hi (records are sorted by index)."""
+        idx = self.records.column("index").to_numpy()
+        a, b = np.searchsorted(idx, [lo, hi])
+        sel = self.records.slice(int(a), int(b - a))
+        return dict(zip(sel.column("index").to_pylist(), sel.column("file").to_pylist(), strict=True))

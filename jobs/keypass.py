@@ -4,15 +4,16 @@
    cleaned exactly as a replica cleans them, to hash them); write (id, shard, row, text_hash) per bucket.
 2. join (one task per bucket): repeated ids in plan order; with --previous, the previous ids that are gone
    (written to _deleted/ here) and the rows whose id and text hash the previous output holds.
-3. gather (one task per group of previous parts): copy the matched previous vectors into per-group files of
-   this run's shards, so a replica reads only its own shard's reused vectors.
-No process holds every id: a task holds one group or one bucket; the driver holds counts and the repeats.
-All of it lives in OUT/_work/ and is deleted once the job succeeds.
+3. gather (one task per group of previous parts): copy the matched previous vectors into a file with one row
+   group per group of this run's shards, so a replica reads only its own shard group's reused vectors.
+Each map task writes one file with a row group per partition (jobs.buckets.partitioned_parquet), so the
+shuffle makes as many files as tasks. No process holds every id: a task holds one group or one bucket; the
+driver holds counts, the repeats and where each partition's row group is. All of it lives in OUT/_work/ and
+is deleted once the job succeeds.
 """
 
 from __future__ import annotations
 
-import math
 import posixpath
 import time
 from dataclasses import dataclass, field
@@ -22,9 +23,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.buckets import bucket_count, bucket_dir, id_keys, split_by_bucket
+from jobs.buckets import bucket_count, bucket_sources, bucketed_parquet, id_keys, partitioned_parquet
 from jobs.fingerprint import text_hashes
-from jobs.index import INDEX_DIR, PreviousOutput, build_index, open_store, read_bucket
+from jobs.index import (
+    INDEX_DIR,
+    INDEX_SCHEMA,
+    PreviousOutput,
+    build_index,
+    load_map,
+    open_store,
+    read_row_groups,
+)
 from jobs.manifest import DELETED_DIR, OutputStore
 from jobs.plan import PlanError
 from jobs.read import ID, ROW, TEXT, iter_shard_batches
@@ -42,6 +51,7 @@ VEC_DIR = f"{WORK_DIR}/vec"
 PREV_INDEX_DIR = f"{WORK_DIR}/previous-index"
 DONE_FILE = f"{WORK_DIR}/_keys.json"
 REPEATS_FILE = f"{WORK_DIR}/repeats.parquet"
+SOURCES_FILE = f"{WORK_DIR}/reuse-sources.json"
 ROWS_PER_SCAN = 1_000_000  # rows one scan task reads
 SHARDS_PER_GROUP = 64  # this run's shards per reuse folder
 GATHER_BYTES = 256 << 20  # previous vectors one gather task holds
@@ -61,13 +71,17 @@ class KeyPassResult:
     repeats: int = 0
     deleted: int | None = None  # None: no previous output
     matched: int = 0
-    group_size: int = SHARDS_PER_GROUP  # shards per folder of reusable vectors
+    group_size: int = SHARDS_PER_GROUP  # shards per group of reusable vectors
+    # shard group -> (gather file, row group) of the group's reusable vectors, in each file that has some
+    reuse_sources: dict[int, list[tuple[str, int]]] = field(default_factory=dict)
     seconds: float = 0.0
 
+    def reuse_for(self, shard_index: int) -> list[tuple[str, int]]:
+        """Where a replica finds the reusable vectors of a shard ([] when it has none)."""
+        return self.reuse_sources.get(shard_index // self.group_size, [])
 
-def vec_dir(shard_index: int, group_size: int) -> str:
-    """The folder holding the reused vectors of a shard's group (a replica lists just this one)."""
-    return f"{VEC_DIR}/g={shard_index // group_size:06d}"
+
+_COUNTS = ("keys", "repeats", "deleted", "matched", "group_size")
 
 
 def run_key_pass(
@@ -83,72 +97,73 @@ def run_key_pass(
     started = time.perf_counter()
     done = store.read_json(DONE_FILE)
     if done is not None and done.get("fingerprint") == fingerprint:
-        result = KeyPassResult(
-            **{k: v for k, v in done.items() if k in ("keys", "repeats", "deleted", "matched", "group_size")}
-        )
+        result = KeyPassResult(**{k: done[k] for k in _COUNTS})
         repeats = store.read_table(REPEATS_FILE)
-        if repeats is not None:
-            result.bad_rows = _bad_rows(plan, repeats.to_pylist())
+        result.bad_rows = _bad_rows(plan, repeats.to_pylist()) if repeats is not None else {}
+        sources = store.read_json(SOURCES_FILE) or {}
+        result.reuse_sources = {int(g): [(f, rg) for f, rg in v] for g, v in sources.items()}
         result.seconds = round(time.perf_counter() - started, 3)
         return result
     store.remove_dir(WORK_DIR)
     store.remove_dir(DELETED_DIR)
     out_args = (store.uri, store.storage_options, store.policy.attempts)
     with_text = reuse and previous is not None
-    prev_index = None
-    if previous is not None:
-        prev_index = _previous_index(previous, store)
-        buckets = prev_index["buckets"]
-    else:
-        buckets = bucket_count(plan.rows)
+    prev_index = _previous_index(previous, store) if previous is not None else None
+    buckets = prev_index["buckets"] if prev_index else bucket_count(plan.rows)
 
-    scans = [
+    scans = (
         (spec.to_dict(), [s.to_dict() for s in g], k, out_args, buckets, max_chars, with_text)
         for k, g in enumerate(_groups(plan.shards))
-    ]
-    keys = sum(run_tasks(_scan, scans))
-
-    ppg = _parts_per_gather(previous, plan) if with_text else 0
-    joins = [(out_args, b, prev_index, ppg) for b in range(buckets)]
+    )
+    scanned = [(rel, groups) for _, rel, groups in run_tasks(_scan, scans) if rel]
+    ppg = _parts_per_gather(previous) if with_text else 0
+    joins = (
+        (
+            out_args,
+            b,
+            bucket_sources(scanned, b),
+            prev_index["store"] if prev_index else None,
+            bucket_sources(prev_index["files"], b) if prev_index else None,
+            ppg,
+        )
+        for b in range(buckets)
+    )
+    result = KeyPassResult(group_size=SHARDS_PER_GROUP, deleted=0 if previous is not None else None)
     repeats: list[dict[str, Any]] = []
-    deleted = matched = 0
+    match_files: list[tuple[str, dict[int, int]]] = []
     for r in run_tasks(_join, joins):
+        result.keys += r["keys"]
         repeats += r["repeats"]
-        deleted += r["deleted"]
-        matched += r["matched"]
+        result.matched += r["matched"]
+        if previous is not None:
+            result.deleted += r["deleted"]
+        if r.get("match_file"):
+            match_files.append((r["match_file"], r["match_groups"]))
     repeats.sort(key=lambda d: (d["shard"], d["row"]))
     if repeats and spec.policy.on_bad_row == "fail":
         raise DuplicateIdsError(_fail_message(spec, plan, repeats))
+    result.repeats, result.bad_rows = len(repeats), _bad_rows(plan, repeats)
 
-    if matched:
-        top = int(max(previous.records.column("index").to_pylist())) + 1
-        gathers = [
-            (out_args, pg, previous.parts(pg * ppg, (pg + 1) * ppg), _prev_args(previous), SHARDS_PER_GROUP)
-            for pg in range(math.ceil(top / ppg))
-        ]
-        for _ in run_tasks(_gather, gathers):
-            pass
-    result = KeyPassResult(
-        bad_rows=_bad_rows(plan, repeats),
-        keys=keys,
-        repeats=len(repeats),
-        deleted=deleted if previous is not None else None,
-        matched=matched,
-        group_size=SHARDS_PER_GROUP,
-    )
+    if result.matched:
+        gathers = (
+            (
+                out_args,
+                pg,
+                [(rel, where[pg]) for rel, where in match_files if pg in where],
+                previous.parts(pg * ppg, (pg + 1) * ppg),
+                _prev_args(previous),
+                SHARDS_PER_GROUP,
+            )
+            for pg in sorted({pg for _, where in match_files for pg in where})
+        )
+        for rel, where in run_tasks(_gather, gathers):
+            for g, rg in where.items():
+                result.reuse_sources.setdefault(g, []).append((rel, rg))
     if repeats:
         store.write_bytes(REPEATS_FILE, parquet_bytes(pa.Table.from_pylist(repeats), "zstd"))
-    store.write_json(
-        DONE_FILE,
-        {
-            "fingerprint": fingerprint,
-            "keys": keys,
-            "repeats": len(repeats),
-            "deleted": result.deleted,
-            "matched": matched,
-            "group_size": SHARDS_PER_GROUP,
-        },
-    )
+    if result.reuse_sources:
+        store.write_json(SOURCES_FILE, {str(g): v for g, v in result.reuse_sources.items()})
+    store.write_json(DONE_FILE, {"fingerprint": fingerprint, **{k: getattr(result, k) for k in _COUNTS}})
     result.seconds = round(time.perf_counter() - started, 3)
     return result
 
@@ -177,16 +192,18 @@ def _prev_args(previous: PreviousOutput) -> tuple:
 def _previous_index(previous: PreviousOutput, store: OutputStore) -> dict[str, Any]:
     """Where the previous output's id index is, building it into OUT/_work/ when the output has none."""
     if previous.index is not None:
-        return {"store": _prev_args(previous), "dir": INDEX_DIR, "buckets": previous.index["buckets"]}
+        files = load_map(previous.store, INDEX_DIR)
+        return {"store": _prev_args(previous), "files": files, "buckets": previous.index["buckets"]}
     meta = build_index(previous.store, previous.records, store, PREV_INDEX_DIR)
+    files = load_map(store, PREV_INDEX_DIR)
     return {
         "store": (store.uri, store.storage_options, store.policy.attempts),
-        "dir": PREV_INDEX_DIR,
+        "files": files,
         "buckets": meta["buckets"],
     }
 
 
-def _parts_per_gather(previous: PreviousOutput, plan: Plan) -> int:
+def _parts_per_gather(previous: PreviousOutput) -> int:
     """Previous parts per gather task, so one task holds about GATHER_BYTES of vectors."""
     width = int(previous.job.get("model", {}).get("dimension") or 1024)
     rows_per_part = max(1, previous.rows // max(1, previous.records.num_rows))
@@ -201,8 +218,8 @@ def _scan(
     buckets: int,
     max_chars: int | None,
     with_text: bool,
-) -> int:
-    """Ray task: the keys of a group of shards, written per bucket to OUT/_work/keys/b=*/s=<group>.parquet."""
+) -> tuple[int, str, list[int]]:
+    """Ray task: the keys of a group of shards in one bucketed file; returns (rows, file, row group per bucket)."""
     spec = JobSpec.from_dict(spec_dict)
     store = open_store(out_args)
     policy = RetryPolicy(attempts=spec.policy.retries)
@@ -229,60 +246,57 @@ def _scan(
                 )
             pieces.append(pa.table(cols).filter(valid))
     if not pieces:
-        return 0
+        return 0, "", []
     table = pa.concat_tables(pieces)
-    for b, rows in split_by_bucket(table, "id", buckets):
-        store.write_bytes(
-            posixpath.join(KEYS_DIR, bucket_dir(b), f"s={group:06d}.parquet"), parquet_bytes(rows, "zstd")
-        )
-    return table.num_rows
+    data, groups = bucketed_parquet(table, "id", buckets)
+    rel = posixpath.join(KEYS_DIR, f"s={group:06d}.parquet")
+    store.write_bytes(rel, data)
+    return table.num_rows, rel, groups
 
 
 def _join(
-    out_args: tuple, b: int, prev_index: dict[str, Any] | None, parts_per_gather: int
+    out_args: tuple,
+    b: int,
+    new_sources: list[tuple[str, int]],
+    prev_args: tuple | None,
+    prev_sources: list[tuple[str, int]] | None,
+    parts_per_gather: int,
 ) -> dict[str, Any]:
-    """Ray task: one bucket's repeated ids, gone previous ids (to _deleted/) and reusable matches."""
+    """Ray task: one bucket's repeated ids, gone previous ids (to _deleted/) and reusable matches.
+
+    new_sources / prev_sources: (file, row group) of this bucket in this run's key files and in the previous
+    output's index files (prev_sources None: no previous output).
+    """
     store = open_store(out_args)
-    new = read_bucket(store, posixpath.join(KEYS_DIR, bucket_dir(b)))
+    new = read_row_groups(store, new_sources)
     repeats: list[dict[str, Any]] = []
     first = None
     if new is not None:
-        new = new.sort_by([("shard", "ascending"), ("row", "ascending")])
+        new = new.sort_by([("shard", "ascending"), ("row", "ascending")])  # plan order
         pairs = duplicate_ids(new.column("id"))
+        first = new
         if pairs:
             shard, row, key = (new.column(c).to_pylist() for c in ("shard", "row", "id"))
             repeats = [
                 {"shard": shard[p], "row": row[p], "first_shard": shard[f], "first_row": row[f], "id": key[p]}
                 for p, f in pairs
             ]
-            drop = np.ones(new.num_rows, bool)
-            drop[[p for p, _ in pairs]] = False
-            first = new.filter(pa.array(drop))
-        else:
-            first = new
-    out = {
-        "bucket": b,
+            keep = np.ones(new.num_rows, bool)
+            keep[[p for p, _ in pairs]] = False
+            first = new.filter(pa.array(keep))
+    out: dict[str, Any] = {
         "keys": 0 if new is None else new.num_rows,
         "repeats": repeats,
         "deleted": 0,
         "matched": 0,
     }
-    if prev_index is None:
+    if prev_sources is None:
         return out
-    prev = read_bucket(open_store(prev_index["store"]), posixpath.join(prev_index["dir"], bucket_dir(b)))
+    prev = read_row_groups(open_store(prev_args), prev_sources)
     if prev is None:
-        prev = pa.table(
-            {
-                "id": pa.array([], pa.string()),
-                "text_hash": pa.array([], pa.string()),
-                "part": pa.array([], pa.int32()),
-                "row": pa.array([], pa.int32()),
-            }
-        )
-    now_ids = new.column("id") if new is not None else pa.array([], pa.string())
-    gone = prev.filter(
-        pc.invert(pc.is_in(prev.column("id"), value_set=pa.chunked_array(now_ids).combine_chunks()))
-    )
+        prev = INDEX_SCHEMA.empty_table()
+    now_ids = new.column("id").combine_chunks() if new is not None else pa.array([], pa.string())
+    gone = prev.filter(pc.invert(pc.is_in(prev.column("id"), value_set=now_ids)))
     store.write_bytes(
         posixpath.join(DELETED_DIR, f"deleted-{b:05d}.parquet"),
         parquet_bytes(pa.table({"id": gone.column("id").combine_chunks()}), "zstd"),
@@ -300,23 +314,29 @@ def _join(
         )
         joined = joined.filter(pc.equal(joined.column("text_hash"), joined.column("prev_hash")))
         joined = joined.select(["shard", "row", "text_hash", "part", "prev_row"])
-        pg = pc.divide(joined.column("part"), pa.scalar(parts_per_gather, pa.int32())).to_numpy()
-        for g in np.unique(pg):
-            rows = joined.filter(pa.array(pg == g))
-            store.write_bytes(
-                posixpath.join(MATCH_DIR, f"pg={int(g):06d}", f"{bucket_dir(b)}.parquet"),
-                parquet_bytes(rows, "zstd"),
-            )
         out["matched"] = joined.num_rows
+        if joined.num_rows:
+            rel = posixpath.join(MATCH_DIR, f"b={b:05d}.parquet")
+            data, where = partitioned_parquet(joined, joined.column("part").to_numpy() // parts_per_gather)
+            store.write_bytes(rel, data)
+            out["match_file"], out["match_groups"] = rel, where
     return out
 
 
-def _gather(out_args: tuple, pg: int, parts: dict[int, str], prev_args: tuple, group_size: int) -> int:
-    """Ray task: copy the matched vectors of some previous parts into OUT/_work/vec/g=<group>/ files."""
+def _gather(
+    out_args: tuple,
+    pg: int,
+    sources: list[tuple[str, int]],
+    parts: dict[int, str],
+    prev_args: tuple,
+    group_size: int,
+) -> tuple[str, dict[int, int]]:
+    """Ray task: copy the matched vectors of some previous parts into one file with a row group per group of
+    this run's shards; returns (file, {shard group: row group})."""
     store, prev = open_store(out_args), open_store(prev_args)
-    matches = read_bucket(store, posixpath.join(MATCH_DIR, f"pg={pg:06d}"))
+    matches = read_row_groups(store, sources)
     if matches is None:
-        return 0
+        return "", {}
     matches = matches.sort_by("part")
     part_col = matches.column("part").to_numpy()
     pieces = []
@@ -339,21 +359,21 @@ def _gather(out_args: tuple, pg: int, parts: dict[int, str], prev_args: tuple, g
                 }
             )
         )
-    table = pa.concat_tables(pieces)
-    shard_col = table.column("shard").to_numpy()
-    for first in np.unique(shard_col // group_size) * group_size:
-        rows = table.filter(pa.array(shard_col // group_size == first // group_size))
-        rows = rows.sort_by([("shard", "ascending"), ("row", "ascending")])
-        store.write_bytes(
-            posixpath.join(vec_dir(int(first), group_size), f"pg={pg:06d}.parquet"),
-            parquet_bytes(rows, "none"),
-        )
-    return table.num_rows
+    table = pa.concat_tables(pieces).sort_by([("shard", "ascending"), ("row", "ascending")])
+    data, where = partitioned_parquet(table, table.column("shard").to_numpy() // group_size)
+    rel = posixpath.join(VEC_DIR, f"pg={pg:06d}.parquet")
+    store.write_bytes(rel, data)
+    return rel, where
 
 
-def read_reused(store: OutputStore, folder: str, shard_index: int) -> dict[int, tuple[str, Any]]:
-    """Inside a replica: {input row: (text_hash, vector)} of the shard's rows the key pass found reusable."""
-    table = read_bucket(store, folder)
+def read_reused(
+    store: OutputStore, sources: list[tuple[str, int]], shard_index: int
+) -> dict[int, tuple[str, Any]]:
+    """Inside a replica: {input row: (text_hash, vector)} of the shard's rows the key pass found reusable.
+
+    sources: (gather file, row group) of the shard's group in each gather file that has rows for it.
+    """
+    table = read_row_groups(store, [(f, rg) for f, rg in sources])
     if table is None:
         return {}
     table = table.filter(pc.equal(table.column("shard"), shard_index))
@@ -361,13 +381,8 @@ def read_reused(store: OutputStore, folder: str, shard_index: int) -> dict[int, 
         return {}
     emb = table.column("embedding").combine_chunks()
     values = emb.flatten().to_numpy(zero_copy_only=False).reshape(len(emb), emb.type.list_size)
-    return dict(
-        zip(
-            table.column("row").to_pylist(),
-            zip(table.column("text_hash").to_pylist(), values, strict=True),
-            strict=True,
-        )
-    )
+    pairs = zip(table.column("text_hash").to_pylist(), values, strict=True)
+    return dict(zip(table.column("row").to_pylist(), pairs, strict=True))
 
 
 def _bad_rows(plan: Plan, repeats: list[dict[str, Any]]) -> dict[str, list[tuple[int, str]]]:

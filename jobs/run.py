@@ -13,7 +13,7 @@ from typing import Any
 from jobs.faults import fault_env
 from jobs.fingerprint import digest
 from jobs.index import INDEX_DIR, PreviousOutput, build_index
-from jobs.keypass import WORK_DIR, KeyPassResult, run_key_pass, vec_dir
+from jobs.keypass import WORK_DIR, KeyPassResult, run_key_pass
 from jobs.manifest import (
     JOB_FILE,
     PLAN_FILE,
@@ -260,10 +260,7 @@ def run_job(
         )
         if committed:
             bar.resumed(store.records_table())
-        # reuse: shards per folder of reusable vectors (0: none to read).
-        _dispatch(
-            pool, todo, spec, bar, store, keys.group_size if reuse and keys.matched else 0, keys.bad_rows
-        )
+        _dispatch(pool, todo, spec, bar, store, reuse and keys.matched > 0, keys)
         _release_pool(pool, spec, keep_warm and not started_ray)
         pool = None
         records = store.fold_all()
@@ -328,8 +325,8 @@ def _dispatch(
     spec: JobSpec,
     bar: Progress,
     store: OutputStore,
-    reuse: int,
-    bad_rows: dict[str, list[tuple[int, str]]],
+    reuse: bool,
+    keys: KeyPassResult,
 ) -> None:
     """Keep every healthy replica busy (a bounded number of shards in flight each) until all shards are committed.
 
@@ -364,8 +361,8 @@ def _dispatch(
                 attempts[shard.shard_id] += 1
                 task = {
                     "shard": shard.to_dict(),
-                    "reuse": vec_dir(shard.index, reuse) if reuse else None,
-                    "bad_rows": bad_rows.get(shard.shard_id, []),
+                    "reuse": keys.reuse_for(shard.index) if reuse else None,
+                    "bad_rows": keys.bad_rows.get(shard.shard_id, []),
                 }
                 in_flight[slot.actor.process.remote(task, spec_ref)] = (shard, slot)
                 slot.in_flight += 1

@@ -24,7 +24,12 @@ def run_tasks(fn: Callable[..., Any], calls: Iterable[tuple], window: int | None
     """
     import ray
 
-    remote = ray.remote(fn).options(**TASK_OPTIONS)
+    from jobs.faults import fault_env
+
+    options = dict(TASK_OPTIONS)
+    if env := fault_env():  # the fault hooks of the tests reach tasks as they reach replicas
+        options["runtime_env"] = {"env_vars": env}
+    remote = ray.remote(fn).options(**options)
     window = window or default_window()
     pending = iter(calls)
     in_flight: list[Any] = []
