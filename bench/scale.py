@@ -80,22 +80,33 @@ def make_files(folder: str, files: int) -> list[str]:
     return paths
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str]:
-    """(seconds, peak RSS of the process itself in bytes, stdout) of a command run to completion."""
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int, float, str]:
+    """(seconds, peak RSS in bytes, CPU seconds, stdout) of the command's own process, run to completion."""
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     me = psutil.Process(proc.pid)
-    peak = 0
+    peak, cpu = 0, 0.0
     while proc.poll() is None:
         try:
             peak = max(peak, me.memory_info().rss)
+            t = me.cpu_times()
+            cpu = t.user + t.system
         except psutil.NoSuchProcess:
             break
         time.sleep(0.1)
     out = proc.stdout.read() if proc.stdout else ""
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}:\n{out}")
-    return time.perf_counter() - started, peak, out
+    return time.perf_counter() - started, peak, cpu, out
+
+
+def phase_times(log: str) -> dict[str, float]:
+    """Key pass and end-of-job (fold + index) seconds, from the job's JSON log lines."""
+    events = [json.loads(line) for line in open(log) if line.startswith("{")]
+    started = next(e for e in events if e["event"] == "job_started")
+    last_commit = max(e["ts"] for e in events if e["event"] == "shard_committed")
+    done = next(e for e in events if e["event"] == "job_done")
+    return {"key_pass_s": started.get("key_pass_seconds", 0.0), "index_s": done["ts"] - last_commit}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,18 +131,25 @@ def main(argv: list[str] | None = None) -> None:
         out = os.path.join(a.workdir, f"out-{rows}")
         common = ["--model", model, "--input", inp, "--text-column", "text", "--id-column", "id"]
         common += ["--rows-per-file", str(a.rows_per_shard)]
-        plan_s, plan_rss, _ = timed([exe, "plan", *common, "--output", out], env)
+        plan_s, plan_rss, _, _ = timed([exe, "plan", *common, "--output", out], env)
         run = [exe, "run", *common, "--output", out, "--overwrite", "--no-progress"]
         run += ["--replicas", str(a.replicas), "--cpus-per-replica", "1"]
-        run += ["--log-file", os.path.join(a.workdir, f"log-{rows}.jsonl")]
-        run_s, run_rss, _ = timed(run, env)
-        status_s, _, status = timed([exe, "status", out, "--json"], env)
+        log = os.path.join(a.workdir, f"log-{rows}.jsonl")
+        if os.path.exists(log):
+            os.remove(log)  # the runner appends
+        run += ["--log-file", log]
+        run_s, run_rss, run_cpu, _ = timed(run, env)
+        status_s, _, _, status = timed([exe, "status", out, "--json"], env)
+        phases = phase_times(log)
         success = json.load(open(os.path.join(out, "_SUCCESS")))
         assert success["rows_written"] == rows, success
+        shards = json.loads(status)["shards_total"]
         results.append(
             {
                 "rows": rows,
-                "shards": json.loads(status)["shards_total"],
+                "shards": shards,
+                "driver_cpu_ms_per_shard": 1000 * run_cpu / shards,
+                **phases,
                 "driver_peak_mib": run_rss / 2**20,
                 "wall_s": run_s,
                 "rows_per_s": rows / run_s,
@@ -144,12 +162,17 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"\nCPU: {cpu_name()}, {os.cpu_count()} cores; {a.replicas} replicas x 1 CPU, {a.rows_per_shard:,} rows/shard"
     )
-    print("| rows | shards | driver peak RSS MiB | wall s | rows/s | plan s | plan peak MiB | status s |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(
+        "| rows | shards | driver peak RSS MiB | wall s | rows/s | key pass s | index s | driver CPU ms/shard "
+        "| plan s | plan peak MiB | status s |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
         print(
             f"| {r['rows']:,} | {r['shards']:,} | {r['driver_peak_mib']:,.0f} | {r['wall_s']:,.1f} | "
-            f"{r['rows_per_s']:,.0f} | {r['plan_s']:.1f} | {r['plan_peak_mib']:,.0f} | {r['status_s']:.1f} |"
+            f"{r['rows_per_s']:,.0f} | {r['key_pass_s']:.1f} | {r['index_s']:.1f} | "
+            f"{r['driver_cpu_ms_per_shard']:.1f} | {r['plan_s']:.1f} | {r['plan_peak_mib']:,.0f} | "
+            f"{r['status_s']:.1f} |"
         )
     base = results[0]["driver_peak_mib"]
     for r in results[1:]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from jobs.faults import fault_env
 from jobs.fingerprint import digest
-from jobs.index import INDEX_DIR, PreviousOutput, build_index
+from jobs.index import INDEX_DIR, INDEX_META, PreviousOutput, build_index
 from jobs.keypass import WORK_DIR, KeyPassResult, run_key_pass
 from jobs.manifest import (
     JOB_FILE,
@@ -232,7 +232,10 @@ def run_job(
             check_compatible(existing, job, spec.output.uri)
         reuse = previous is not None and previous.reusable(job["settings_fingerprint"])
         keys = KeyPassResult()
-        if spec.input.id_column or previous is not None:
+        done = store.read_json(SUCCESS_FILE) if existing is not None and not todo else None
+        if done is not None:
+            keys.deleted = done.get("deleted")  # a complete output: its key pass has nothing left to find
+        elif spec.input.id_column or previous is not None:
             # Before the first shard: repeated ids fail the job (or are quarantined) before anything is embedded.
             max_chars = spec.policy.max_text_chars or default_max_chars(info["max_seq_length"])
             fp = digest(
@@ -265,11 +268,13 @@ def run_job(
         pool = None
         records = store.fold_all()
         _check_complete(plan, records)
-        index = build_index(store, records, store, INDEX_DIR)
         totals = {
             k: int(sum(records.column(k).to_pylist()))
             for k in ("embedded", "reused", "quarantined", "rows", "rows_in")
         }
+        index = store.read_json(f"{INDEX_DIR}/{INDEX_META}")
+        if not index or (index.get("rows"), index.get("parts")) != (totals["rows"], records.num_rows):
+            index = build_index(store, records, store, INDEX_DIR)
         summary = {
             **bar.summary(plan.rows - sum(s.rows for s in plan.shards if s.shard_id in committed)),
             "deleted": keys.deleted or 0,

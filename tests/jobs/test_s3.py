@@ -128,7 +128,7 @@ def test_job_s3_to_s3(s3_server, jobio, tiny_st_model, ray_local):
     np.testing.assert_allclose(np.array(table.column("embedding").to_pylist()), want, atol=1e-5)
 
     keys = {p[len(out) - len("s3://") + 1 :] for p in fs.find(out[5:])}
-    assert "_SUCCESS" in keys and "_job.json" in keys and "_plan.json" in keys
+    assert "_SUCCESS" in keys and "_job.json" in keys and "_plan.parquet" in keys
     assert not any(k.startswith("_tmp/") for k in keys)  # staging cleaned up
     assert {k for k in keys if k.startswith("part-")} == {r["file"] for r in records}
     job = json.loads(fs.cat(f"{out}/_job.json"))
