@@ -106,7 +106,7 @@ def phase_times(log: str) -> dict[str, float]:
     started = next(e for e in events if e["event"] == "job_started")
     last_commit = max(e["ts"] for e in events if e["event"] == "shard_committed")
     done = next(e for e in events if e["event"] == "job_done")
-    return {"key_pass_s": started.get("key_pass_seconds", 0.0), "index_s": done["ts"] - last_commit}
+    return {"key_pass_s": started.get("id_pass_seconds", 0.0), "index_s": done["ts"] - last_commit}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         f"\nCPU: {cpu_name()}, {os.cpu_count()} cores; {a.replicas} replicas x 1 CPU, {a.rows_per_shard:,} rows/shard"
     )
     print(
-        "| rows | shards | driver peak RSS MiB | wall s | rows/s | key pass s | index s | driver CPU ms/shard "
+        "| rows | shards | driver peak RSS MiB | wall s | rows/s | id pass s | index s | driver CPU ms/shard "
         "| plan s | plan peak MiB | status s |"
     )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

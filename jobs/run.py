@@ -257,7 +257,7 @@ def run_job(
             resources=pool.options.get("num_gpus") and "gpu" or "cpu",
             previous=spec.previous_uri,
             previous_reusable=reuse,
-            key_pass_seconds=keys.seconds,
+            id_pass_seconds=keys.seconds,
             repeated_ids=keys.repeats,
             reusable_rows=keys.matched,
         )
