@@ -237,8 +237,28 @@ class OutputStore:
             return True
         return not self.fs.ls(self.root, detail=False)
 
+    def foreign(self) -> list[str]:
+        """Names in the output folder that an embedjob output does not consist of (never deleted)."""
+        if not self.fs.exists(self.root):
+            return []
+        names = [posixpath.basename(n.rstrip("/")) for n in self.fs.ls(self.root, detail=False)]
+        return sorted(n for n in names if not is_owned(n))
+
+    def refuse_foreign(self) -> None:
+        """Raise OutputConflict naming the files the output folder holds that no embedjob output writes."""
+        others = self.foreign()
+        if others:
+            shown = ", ".join(repr(n) for n in others[:5]) + (
+                f" and {len(others) - 5} more" if len(others) > 5 else ""
+            )
+            raise OutputConflict(
+                f"output.uri: {self.uri} holds files an embedjob output does not consist of ({shown}); "
+                "--overwrite deletes only an output's own files: choose an empty folder, or remove them yourself"
+            )
+
     def clear(self) -> None:
-        """Delete everything in the output folder (for --overwrite)."""
+        """Delete what an embedjob output consists of (for --overwrite); refuses when anything else is there."""
+        self.refuse_foreign()
         if self.fs.exists(self.root):
             for entry in self.fs.ls(self.root, detail=False):
                 self.fs.rm(entry, recursive=True)
@@ -246,6 +266,16 @@ class OutputStore:
     def remove_tmp(self) -> None:
         """Drop staging leftovers (half-written files of killed runs are never read)."""
         self.remove_dir("_tmp")
+
+
+# What an output consists of: its metadata (names starting "_") and its part files "part-*.parquet".
+
+
+def is_owned(name: str) -> bool:
+    """Whether a top-level name of an output folder is one an embedjob output writes."""
+    if name.startswith("part-"):
+        return name.endswith(".parquet")
+    return name.startswith("_")
 
 
 def records_to_table(records: list[dict[str, Any]]) -> pa.Table:

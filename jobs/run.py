@@ -23,6 +23,7 @@ from jobs.manifest import (
     check_compatible,
     job_metadata,
 )
+from jobs.paths import check_separate
 from jobs.plan import plan_job
 from jobs.progress import Progress, format_summary
 from jobs.redact import register_secrets_in
@@ -204,16 +205,28 @@ def run_job(
 
     spec = absolutize(as_spec(spec))
     register_secrets_in(spec.to_dict())
+    if spec.input.uri:
+        check_separate(
+            spec.output.uri,
+            spec.input.uri,
+            spec.input.storage_options,
+            spec.output.storage_options,
+            spec.previous_uri,
+        )
     policy = RetryPolicy(attempts=spec.policy.retries)
-    plan = plan_job(spec)
     store = OutputStore(spec.output.uri, spec.output.storage_options, policy)
+    if overwrite:
+        store.refuse_foreign()  # before any work: --overwrite deletes only an output's own files
+    plan = plan_job(spec)
     previous = (
         PreviousOutput(spec.previous_uri, spec.output.storage_options, policy) if spec.previous_uri else None
     )
     existing = store.read_json(JOB_FILE)
     if existing is None and not overwrite and _has_data(store):
+        store.refuse_foreign()
         raise OutputConflict(
-            f"output.uri: {spec.output.uri} is not empty and holds no {JOB_FILE}; use --overwrite"
+            f"output.uri: {spec.output.uri} holds the files of an embedjob output but no {JOB_FILE}; "
+            "use --overwrite to delete them and start again"
         )
     started_ray = connect_ray(address)
     pool = None

@@ -139,3 +139,37 @@ def test_refuses_other_job_unless_overwrite(tmp_path, tiny_st_model, jobio, jobk
         run_job(jobkit.job_spec(tiny_st_model, str(tmp_path / "in"), out), progress=False, keep_warm=True)
     summary = run_job(changed, progress=False, keep_warm=True, overwrite=True)
     assert summary["rows_written"] == 21 and summary["skipped_shards"] == 0
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "contains"])
+def test_output_overlapping_the_input_is_refused_before_any_work(
+    tmp_path, tiny_st_model, jobio, jobkit, where
+):
+    """--overwrite with the input folder as output once deleted the input: refused, the input untouched."""
+    inp = tmp_path / "data"
+    paths = jobkit.write_files(str(inp), texts_for(jobio, 10, seed=5), files=2, row_group_size=5)
+    out = {"same": inp, "inside": inp / "vectors", "contains": tmp_path}[where]
+    spec = jobkit.job_spec(tiny_st_model, str(inp), str(out))
+    with pytest.raises(ValueError, match=r"output\.uri: .* input\.uri"):
+        run_job(spec, progress=False, keep_warm=True, overwrite=True)
+    assert all(os.path.exists(p) for p in paths)
+
+
+def test_overwrite_deletes_only_what_an_output_consists_of(tmp_path, tiny_st_model, jobio, jobkit):
+    """A folder with a user's file and no _job.json: --overwrite refuses, naming the file, and deletes nothing."""
+    jobkit.write_files(str(tmp_path / "in"), texts_for(jobio, 10, seed=6), files=1, row_group_size=5)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "part-00000-x.parquet").write_bytes(b"an old part")
+    spec = jobkit.job_spec(tiny_st_model, str(tmp_path / "in"), str(out))
+    with pytest.raises(OutputConflict, match=r"'notes\.txt'"):
+        run_job(spec, progress=False, keep_warm=True)
+    with pytest.raises(OutputConflict, match=r"'notes\.txt'"):
+        run_job(spec, progress=False, keep_warm=True, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "part-00000-x.parquet").exists()
+    (out / "notes.txt").unlink()
+    with pytest.raises(OutputConflict, match="use --overwrite"):
+        run_job(spec, progress=False, keep_warm=True)
+    summary = run_job(spec, progress=False, keep_warm=True, overwrite=True)
+    assert summary["rows_written"] == 10 and not (out / "part-00000-x.parquet").exists()
