@@ -88,7 +88,9 @@ def _plan_parquet(inp: InputSpec, bound: int, policy: RetryPolicy) -> Plan:
         # map() yields in path order, so shard indexes and the first-file schema are deterministic.
         facts = pool.map(lambda p: _file_facts(fs, p, inp, policy), paths)
         for path, (info, groups, cols) in zip(paths, facts, strict=True):
-            etag = info.get("ETag") or info.get("etag")
+            # Object stores give an ETag; local and other filesystems give a modification time. Either way a
+            # file rewritten at the same size gets new shard ids, so a resume refuses it instead of mixing.
+            etag = info.get("ETag") or info.get("etag") or _mtime(info)
             rel = _rel(path, base)
             if not schema:
                 schema, first_file = cols, path
@@ -105,6 +107,14 @@ def _plan_parquet(inp: InputSpec, bound: int, policy: RetryPolicy) -> Plan:
                 sid = shard_id(rel, info.get("size"), etag, start, stop)
                 shards.append(Shard(len(shards), sid, "parquet", rel, path, start, stop, gs, starts))
     return Plan("parquet", shards, schema, files=len(paths))
+
+
+def _mtime(info: dict[str, Any]) -> str | None:
+    """A file's modification time from fsspec info (local: float seconds; others: a datetime), as text."""
+    for key in ("mtime", "LastModified", "last_modified", "updated", "modified"):
+        if info.get(key) is not None:
+            return f"mtime:{info[key]}"
+    return None
 
 
 def _cut(groups: list[int], bound: int) -> list[tuple[int, int, tuple[int, ...], tuple[int, ...]]]:
@@ -151,6 +161,8 @@ def _check_columns(inp: InputSpec, schema: pa.Schema, where: str) -> dict[str, s
             raise PlanError(f"{field_name}: column {col!r} not found in {where}; its columns are {names}")
         out[col] = str(schema.field(col).type)
     text_type = schema.field(inp.text_column).type
+    if pa.types.is_dictionary(text_type):
+        text_type = text_type.value_type  # Parquet writers dictionary-encode repetitive strings
     if not (
         pa.types.is_string(text_type)
         or pa.types.is_large_string(text_type)

@@ -88,6 +88,8 @@ def raw_text_values(column: Any) -> list[Any]:
     """Python values of an Arrow text column; strings go through bytes, so invalid UTF-8 is reported, not raised."""
     import pyarrow as pa
 
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
     if pa.types.is_string(column.type):
         column = column.cast(pa.binary())
     elif pa.types.is_large_string(column.type):

@@ -179,3 +179,29 @@ def test_hf_data_files(tmp_path):
     )
     plan = plan_job(spec)
     assert plan.kind == "dataset" and plan.rows == 30 and [s.rows for s in plan.shards] == [20, 10]
+
+
+def test_a_local_file_rewritten_at_the_same_size_gets_new_shard_ids(tmp_path):
+    """Local files have no ETag: the modification time joins the size, so a resume cannot mix old and new rows."""
+    path = tmp_path / "f.parquet"
+    write(path, 30, row_group_size=10)
+    before = [s.shard_id for s in plan_job(spec_for(str(tmp_path))).shards]
+    size = path.stat().st_size
+    write(path, 30, row_group_size=10)  # the same bytes' size, written again
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert path.stat().st_size == size
+    after = [s.shard_id for s in plan_job(spec_for(str(tmp_path))).shards]
+    assert len(after) == len(before) and not set(after) & set(before)
+
+
+def test_a_dictionary_encoded_text_column_is_accepted(tmp_path):
+    from jobs.rows import raw_text_values
+
+    texts = pa.array(["a cat", "a dog", "a cat", None]).dictionary_encode()
+    pq.write_table(pa.table({"id": ["1", "2", "3", "4"], "text": texts}), str(tmp_path / "d.parquet"))
+    plan = plan_job(spec_for(str(tmp_path)))
+    assert plan.rows == 4
+    column = pq.read_table(str(tmp_path / "d.parquet")).column("text")
+    assert pa.types.is_dictionary(column.type)
+    assert raw_text_values(column) == [b"a cat", b"a dog", b"a cat", None]
