@@ -137,3 +137,35 @@ def test_job_s3_to_s3(s3_server, jobio, tiny_st_model, ray_local):
     # A rerun into the same output finds every shard committed and redoes nothing.
     again = run_job(s3_job(s3_server, tiny_st_model, inp, out), progress=False)
     assert again["skipped_shards"] == len(records) and again["embedded"] == len(expected)
+
+
+@pytest.mark.slow
+def test_nightly_on_s3_reuses_by_id_after_a_reexport(s3_server, jobio, tiny_st_model, ray_local):
+    """The same rows exported again under new names and in 3 files instead of 2, one changed and one
+    deleted: reuse by id through the id index on S3, with the key pass's files gone afterwards."""
+    from jobs.run import run_job
+
+    inp, expected = _s3_input(s3_server, jobio)
+    fs = s3_server.fs()
+    out1 = s3_server.prefix(s3_server.buckets[1], "night1")
+    run_job(s3_job(s3_server, tiny_st_model, inp, out1), progress=False)
+    assert fs.exists(f"{out1[5:]}/_index/_index.json")
+
+    rows = dict(expected)
+    changed, gone = sorted(rows)[7], sorted(rows)[40]
+    rows[changed] = "a text that changed overnight"
+    del rows[gone]
+    inp2 = s3_server.prefix(s3_server.buckets[0], "export2")
+    ids = sorted(rows, reverse=True)  # another order, other files, other names
+    for k, part in enumerate((ids[:20], ids[20:45], ids[45:])):
+        table = pa.table({"id": part, "text": [rows[i] for i in part]})
+        jobio.write_parquet(fs, f"{inp2}/export-{k}.parquet", table, row_group_size=10)
+    out2 = s3_server.prefix(s3_server.buckets[1], "night2")
+    spec = {**s3_job(s3_server, tiny_st_model, inp2, out2), "previous": out1}
+    summary = run_job(spec, progress=False)
+    assert (summary["embedded"], summary["reused"], summary["deleted"]) == (1, len(rows) - 1, 1)
+    _, table = jobio.read_output(fs, out2)
+    assert sorted(table.column("id").to_pylist()) == sorted(rows)
+    assert not fs.find(f"{out2[5:]}/_work")
+    with fs.open(f"{out2[5:]}/_deleted/deleted-00000.parquet", "rb") as f:
+        assert pq.read_table(f).column("id").to_pylist() == [gone]
