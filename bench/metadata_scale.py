@@ -165,8 +165,8 @@ def manifest_on_s3(fs, options: dict, n: int) -> list[tuple[str, float]]:
     """Time status, the resume set and the end-of-job check over n records: folded segments + a JSON tail."""
     from jobs.manifest import PLAN_FILE, OutputStore, records_to_table, table_bytes
     from jobs.progress import output_progress
-    from jobs.run import _check_complete
     from jobs.shards import Plan, Shard
+    from jobs.sinks.parquet import check_complete
 
     uri = "s3://bench/out-manifest"
     store = OutputStore(uri, options)
@@ -215,7 +215,7 @@ def manifest_on_s3(fs, options: dict, n: int) -> list[tuple[str, float]]:
     assert len(committed) == n
     started = time.perf_counter()
     table = store.fold_all()
-    _check_complete(plan, table)
+    check_complete(plan, table)
     out.append(("end of job: fold into manifest.parquet + check every shard", time.perf_counter() - started))
     started = time.perf_counter()
     output_progress(store)

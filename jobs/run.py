@@ -12,15 +12,11 @@ from typing import Any
 
 from jobs.faults import fault_env
 from jobs.fingerprint import digest
-from jobs.index import INDEX_DIR, INDEX_META, PreviousOutput, build_index
-from jobs.keypass import WORK_DIR, KeyPassResult, run_key_pass
+from jobs.index import PreviousOutput
+from jobs.keypass import KeyPassResult, run_key_pass
 from jobs.manifest import (
-    JOB_FILE,
-    PLAN_FILE,
     SUCCESS_FILE,
     OutputConflict,
-    OutputStore,
-    check_compatible,
     job_metadata,
 )
 from jobs.paths import check_separate
@@ -29,16 +25,13 @@ from jobs.progress import Progress, format_summary
 from jobs.redact import register_secrets_in
 from jobs.retry import RetryPolicy
 from jobs.rows import default_max_chars
-from jobs.shards import Plan, Shard
+from jobs.shards import Shard
+from jobs.sinks import Sink, open_sink
 from jobs.spec import JobSpec, SpecError
 from jobs.worker import LOADING_FIELDS
-from jobs.write import parquet_bytes
 
 ACTOR_RESTARTS = 3
 PROBE_INTERVAL_S = 0.5
-# The driver folds the manifest records it received into one Parquet segment this often.
-FOLD_EVERY_RECORDS = 1000
-FOLD_EVERY_S = 60.0
 
 
 class JobError(RuntimeError):
@@ -214,38 +207,27 @@ def run_job(
             spec.previous_uri,
         )
     policy = RetryPolicy(attempts=spec.policy.retries)
-    store = OutputStore(spec.output.uri, spec.output.storage_options, policy)
-    if overwrite:
-        store.refuse_foreign()  # before any work: --overwrite deletes only an output's own files
+    sink = open_sink(spec, policy)
+    existing = sink.existing_job(overwrite)
     plan = plan_job(spec)
     previous = (
         PreviousOutput(spec.previous_uri, spec.output.storage_options, policy) if spec.previous_uri else None
     )
-    existing = store.read_json(JOB_FILE)
-    if existing is None and not overwrite and _has_data(store):
-        store.refuse_foreign()
-        raise OutputConflict(
-            f"output.uri: {spec.output.uri} holds the files of an embedjob output but no {JOB_FILE}; "
-            "use --overwrite to delete them and start again"
-        )
     started_ray = connect_ray(address)
     pool = None
     bar = None
     try:
-        committed = set() if overwrite else store.committed_ids()
+        committed = set() if overwrite else sink.committed_ids()
         todo = [s for s in plan.shards if s.shard_id not in committed]
         pool = _get_pool(spec, max(1, len(todo)), keep_warm and not started_ray)
         info = _first_info(pool, spec)
         job = job_metadata(spec, plan, info)
+        sink.prepare(existing, job, overwrite)
         if overwrite:
-            store.clear()
-            existing = None
-            committed, todo = set(), list(plan.shards)
-        if existing is not None:
-            check_compatible(existing, job, spec.output.uri)
+            existing, committed, todo = None, set(), list(plan.shards)
         reuse = previous is not None and previous.reusable(job["settings_fingerprint"])
         keys = KeyPassResult()
-        done = store.read_json(SUCCESS_FILE) if existing is not None and not todo else None
+        done = sink.store.read_json(SUCCESS_FILE) if existing is not None and not todo else None
         if done is not None:
             keys.deleted = done.get("deleted")  # a complete output: its key pass has nothing left to find
         elif spec.input.id_column or previous is not None:
@@ -254,11 +236,8 @@ def run_job(
             fp = digest(
                 plan.fingerprint, job["settings_fingerprint"], spec.previous_uri, spec.policy.on_bad_row
             )
-            keys = run_key_pass(spec, plan, store, previous, reuse, max_chars, fp)
-        if existing is None:
-            store.write_json(JOB_FILE, job)
-        if existing is None or not store.exists(PLAN_FILE):  # also a run killed between the two files
-            store.write_bytes(PLAN_FILE, parquet_bytes(plan.to_table(), "zstd"))
+            keys = run_key_pass(spec, plan, sink.store, previous, reuse, max_chars, fp)
+        sink.on_write_start(existing, job, plan)
         bar = Progress(plan.rows, len(plan.shards), bar=progress, log_file=log_file)
         bar.event(
             "job_started",
@@ -275,30 +254,16 @@ def run_job(
             reusable_rows=keys.matched,
         )
         if committed:
-            bar.resumed(store.records_table())
-        _dispatch(pool, todo, spec, bar, store, reuse and keys.matched > 0, keys)
+            bar.resumed(sink.records())
+        try:
+            _dispatch(pool, todo, spec, bar, sink, reuse and keys.matched > 0, keys)
+        except BaseException as e:
+            bar.event("job_failed", **sink.on_write_failed(e))
+            raise
         _release_pool(pool, spec, keep_warm and not started_ray)
         pool = None
-        records = store.fold_all()
-        _check_complete(plan, records)
-        totals = {
-            k: int(sum(records.column(k).to_pylist()))
-            for k in ("embedded", "reused", "quarantined", "rows", "rows_in")
-        }
-        index = store.read_json(f"{INDEX_DIR}/{INDEX_META}")
-        if not index or (index.get("rows"), index.get("parts")) != (totals["rows"], records.num_rows):
-            index = build_index(store, records, store, INDEX_DIR)
-        summary = {
-            **bar.summary(plan.rows - sum(s.rows for s in plan.shards if s.shard_id in committed)),
-            "deleted": keys.deleted or 0,
-            "output": spec.output.uri,
-        }
-        summary.update({k: totals[k] for k in ("embedded", "reused", "quarantined")})
-        summary["rows_written"] = totals["rows"]
-        summary["indexed"] = index["rows"]
-        store.write_json(SUCCESS_FILE, {**summary, "plan_fingerprint": plan.fingerprint})
-        store.remove_dir(WORK_DIR)
-        store.remove_tmp()
+        done_rows = plan.rows - sum(s.rows for s in plan.shards if s.shard_id in committed)
+        summary = sink.on_write_complete(plan, {**bar.summary(done_rows), "deleted": keys.deleted or 0})
         bar.event("job_done", **summary)
         return summary
     finally:
@@ -330,19 +295,12 @@ def _first_info(pool: ReplicaPool, spec: JobSpec) -> dict[str, Any]:
         ) from None
 
 
-def _has_data(store: OutputStore) -> bool:
-    if store.is_empty():
-        return False
-    names = [n.rstrip("/").rsplit("/", 1)[-1] for n in store.fs.ls(store.root, detail=False)]
-    return any(not n.startswith("_") for n in names)
-
-
 def _dispatch(
     pool: ReplicaPool,
     todo: list[Shard],
     spec: JobSpec,
     bar: Progress,
-    store: OutputStore,
+    sink: Sink,
     reuse: bool,
     keys: KeyPassResult,
 ) -> None:
@@ -366,8 +324,6 @@ def _dispatch(
     probes: dict[Any, _Slot] = {}
     depth = spec.compute.in_flight_per_replica
     spec_ref = ray.put(spec.to_dict())  # one copy in the object store, not one per task
-    received: list[dict[str, Any]] = []
-    folded_at = time.monotonic()
     while pending or in_flight:
         now = time.monotonic()
         for slot in pool.slots:
@@ -432,37 +388,7 @@ def _dispatch(
                     f"{type(cause).__name__}: {cause}"
                 ) from cause
             bar.committed(record, attempts[shard.shard_id])
-            if not record.get("skipped"):
-                received.append(record)
-            if len(received) >= FOLD_EVERY_RECORDS or (
-                received and time.monotonic() - folded_at > FOLD_EVERY_S
-            ):
-                store.fold(received)
-                received, folded_at = [], time.monotonic()
-    store.fold(received)
-
-
-def _check_complete(plan: Plan, records: Any) -> None:
-    """Every planned shard has exactly one record and every input row is written or quarantined."""
-    by_id = dict(
-        zip(
-            records.column("shard_id").to_pylist(),
-            zip(records.column("rows").to_pylist(), records.column("quarantined").to_pylist(), strict=True),
-            strict=True,
-        )
-    )
-    missing = [s.shard_id for s in plan.shards if s.shard_id not in by_id]
-    if missing:
-        raise JobError(
-            f"output: {len(missing)} planned shards have no manifest record (first: {missing[:3]})"
-        )
-    for s in plan.shards:
-        rows, quarantined = by_id[s.shard_id]
-        if rows + quarantined != s.rows:
-            raise JobError(
-                f"shard {s.index} ({s.shard_id}): {rows} rows written + {quarantined} quarantined "
-                f"!= {s.rows} planned"
-            )
+            sink.on_shard_committed(record)
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -14,13 +14,13 @@ import pyarrow as pa
 from jobs.faults import maybe_fail
 from jobs.fingerprint import digest, settings_fingerprint, text_hashes, weights_fingerprint
 from jobs.keypass import read_reused
-from jobs.manifest import ERRORS_DIR, OutputStore, part_name
 from jobs.read import ID, ROW, TEXT, iter_shard_batches
 from jobs.retry import RetryPolicy
 from jobs.rows import BadRowsError, check_ids, check_texts, default_max_chars, merge_bad, raw_text_values
 from jobs.shards import Shard
+from jobs.sinks import open_sink
 from jobs.spec import JobSpec, resolve_model_name
-from jobs.write import parquet_bytes, shard_table, write_atomic
+from jobs.write import shard_table
 
 # The model fields that decide what an actor loads; the rest of a spec may change from task to task.
 LOADING_FIELDS = ("name", "revision", "model_kwargs", "max_seq_length", "trust_remote_code", "allow_pickle")
@@ -68,7 +68,8 @@ class ShardWorker:
             return
         self.spec = JobSpec.from_dict(spec)
         self.policy = RetryPolicy(attempts=self.spec.policy.retries)
-        self.out = OutputStore(self.spec.output.uri, self.spec.output.storage_options, self.policy)
+        self.sink = open_sink(self.spec, self.policy)
+        self.out = self.sink.store  # where the key pass left the reusable vectors
         self.max_chars = self.spec.policy.max_text_chars or default_max_chars(
             getattr(self.model, "max_seq_length", None)
         )
@@ -133,8 +134,7 @@ class ShardWorker:
         if spec is not None:
             self._use(spec)
         shard = Shard.from_dict(task["shard"])
-        record_name = self.out.record_name(shard.shard_id)
-        existing = self.out.read_json(record_name)
+        existing = self.sink.committed_record(shard)
         if existing is not None:
             return {**existing, "skipped": True}
         info = self.info()
@@ -209,47 +209,17 @@ class ShardWorker:
             hashes,
             {c: pa.concat_arrays(parts) for c, parts in passthrough.items()},
         )
-        compression = self.spec.output.compression
+        err = None
         if errors:
             err = pa.table({k: [e[k] for e in errors] for k in ("id", "file", "row", "reason")})
-            write_atomic(
-                self.out.fs,
-                self.out.root,
-                f"{ERRORS_DIR}/{shard.shard_id}.parquet",
-                parquet_bytes(err, compression),
-                self.policy,
-                f"shard {shard.shard_id}: errors",
-            )
-        name = part_name(shard.index, shard.shard_id)
-        write_atomic(
-            self.out.fs,
-            self.out.root,
-            name,
-            parquet_bytes(table, compression),
-            self.policy,
-            f"shard {shard.shard_id}",
-        )
-        record = {
-            "shard_id": shard.shard_id,
-            "index": shard.index,
-            "file": name,
-            "source": shard.source,
-            "start": shard.start,
-            "stop": shard.stop,
-            "rows_in": shard.rows,
-            "rows": filled,
+        counts = {
             "embedded": filled - reused,
             "reused": reused,
-            "quarantined": len(errors),
-            "errors_file": f"{ERRORS_DIR}/{shard.shard_id}.parquet" if errors else None,
             "text_hash_digest": digest(hashes, size=16),
             "tokens": self.stats().get("tokens", 0) - tokens_before,
             "seconds": round(time.perf_counter() - started, 3),
-            "committed_at": round(time.time(), 3),
         }
-        # The record is the commit: written only after the data file sits whole at its final name.
-        self.out.write_json(record_name, record)
-        return record
+        return self.sink.write_shard(shard, table, err, counts)
 
 
 def _str(value: Any) -> str | None:

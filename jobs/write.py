@@ -1,4 +1,5 @@
-"""Build one shard's output table and write files atomically: staged under _tmp/, then moved to the final name."""
+"""Build one shard's output table and write files atomically (local: staged under _tmp/ and renamed; object
+stores: one complete upload)."""
 
 from __future__ import annotations
 
@@ -63,13 +64,27 @@ def parquet_bytes(table: pa.Table, compression: str) -> bytes:
     return sink.getvalue()
 
 
-def write_atomic(fs: Any, root: str, rel: str, data: bytes, policy: RetryPolicy, what: str) -> str:
-    """Write `data` in full to _tmp/, then move it to root/rel; returns the final path.
+def is_local(fs: Any) -> bool:
+    """Whether `fs` is the local filesystem (where rename is atomic and writes are not)."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
 
-    A reader sees the old object or the whole new one: local moves are renames, and on object stores the
-    move is a server-side copy of a complete object.
+
+def write_atomic(fs: Any, root: str, rel: str, data: bytes, policy: RetryPolicy, what: str) -> str:
+    """Write `data` in full to root/rel so that a reader sees the old file or the whole new one.
+
+    Local disk: written to _tmp/, then renamed. Object stores: one upload, which the store makes visible only
+    once complete (a PUT, or a multipart upload completed on close), so no staged copy is needed.
     """
     final = posixpath.join(root, rel)
+    if not is_local(fs):
+
+        def upload() -> None:
+            maybe_fail("storage.write", key=final)
+            fs.pipe_file(final, data)
+
+        call_with_retries(upload, what=f"{what}: write {final}", policy=policy)
+        return final
     staged = posixpath.join(root, TMP_DIR, f"{uuid.uuid4().hex}-{posixpath.basename(rel)}")
 
     def put() -> None:

@@ -98,11 +98,11 @@ def test_status_resume_and_check_over_30000_shards_stay_fast(tmp_path, monkeypat
     status_s = time.perf_counter() - started
     assert p["shards_committed"] == p["shards_total"] == n and p["rows_committed"] == 100 * n
 
-    from jobs.run import _check_complete
+    from jobs.sinks.parquet import check_complete
 
     started = time.perf_counter()
     committed = store.committed_ids()
-    _check_complete(plan, store.records_table())
+    check_complete(plan, store.records_table())
     check_s = time.perf_counter() - started
     assert len(committed) == n
     print(
