@@ -28,6 +28,8 @@ FLAG_FIELDS = {
     "device": "compute.device",
     "precision": "model.precision",
     "on_bad_row": "policy.on_bad_row",
+    "output_format": "output.format",
+    "vector_index": "output.vector_index",
 }
 
 
@@ -40,6 +42,16 @@ def _add_spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--id-column")
     p.add_argument("--previous", help="a previous output to reuse unchanged rows' vectors from")
     p.add_argument("--rows-per-file", type=int)
+    p.add_argument(
+        "--output-format",
+        choices=("auto", "parquet", "lance"),
+        help="parquet part files, or one Lance dataset (auto: lance when the output URI ends in .lance)",
+    )
+    p.add_argument(
+        "--vector-index",
+        choices=("none", "ivf_pq", "ivf_hnsw_sq", "ivf_flat"),
+        help="Lance output: build this vector index on the embedding column at the end (default none)",
+    )
     p.add_argument("--replicas", type=int)
     p.add_argument("--cpus-per-replica", type=int)
     p.add_argument("--gpus-per-replica", type=float)

@@ -387,8 +387,8 @@ def _dispatch(
                     f"shard {shard.index} ({shard.shard_id}, {shard.source} rows {shard.start}-{shard.stop}): "
                     f"{type(cause).__name__}: {cause}"
                 ) from cause
+            record = sink.on_shard_written(record)
             bar.committed(record, attempts[shard.shard_id])
-            sink.on_shard_committed(record)
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -19,6 +19,10 @@ BadRowPolicy = Literal["fail", "quarantine"]
 BAD_ROW_POLICIES: tuple[str, ...] = get_args(BadRowPolicy)
 Compression = Literal["zstd", "snappy", "gzip", "lz4", "brotli", "none"]
 COMPRESSIONS: tuple[str, ...] = get_args(Compression)
+OutputFormat = Literal["auto", "parquet", "lance"]
+OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
+VectorIndex = Literal["none", "ivf_pq", "ivf_hnsw_sq", "ivf_flat"]
+VECTOR_INDEXES: tuple[str, ...] = get_args(VectorIndex)
 
 PACKAGE_PREFIX = "python-package:"
 
@@ -70,6 +74,16 @@ class OutputSpec:
     rows_per_file: int = 10_000
     compression: str = "zstd"
     storage_options: dict = field(default_factory=dict)
+    format: str = "auto"  # "auto": lance when the URI ends in .lance, else parquet
+    vector_index: str = "none"  # lance: built on the embedding column at the end of the job
+    id_index: bool = False  # lance: a BTREE scalar index on id at the end of the job
+
+    @property
+    def kind(self) -> str:
+        """The sink this output uses: 'parquet' or 'lance'."""
+        if self.format != "auto":
+            return self.format
+        return "lance" if self.uri.rstrip("/").endswith(".lance") else "parquet"
 
 
 @dataclass
@@ -182,6 +196,15 @@ class JobSpec:
             raise SpecError("output.uri: required (a folder on any fsspec filesystem)")
         _positive(o.rows_per_file, "output.rows_per_file")
         _choice(o.compression, COMPRESSIONS, "output.compression")
+        _choice(o.format, OUTPUT_FORMATS, "output.format")
+        _choice(o.vector_index, VECTOR_INDEXES, "output.vector_index")
+        if o.kind != "lance" and (o.vector_index != "none" or o.id_index):
+            field_name = "output.vector_index" if o.vector_index != "none" else "output.id_index"
+            raise SpecError(f"{field_name}: an index is built on a Lance output only (output.format: lance)")
+        if o.kind == "lance" and self.previous_uri:
+            raise SpecError(
+                "previous: incremental runs write a Parquet output for now; a Lance output is written in full"
+            )
         _positive(c.replicas, "compute.replicas")
         if c.gpus_per_replica is not None and c.gpus_per_replica < 0:
             raise SpecError(f"compute.gpus_per_replica: must be >= 0, got {c.gpus_per_replica!r}")

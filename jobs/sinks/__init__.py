@@ -11,5 +11,10 @@ __all__ = ["ParquetSink", "Sink", "open_sink"]
 
 
 def open_sink(spec: JobSpec, policy: RetryPolicy | None = None) -> Sink:
-    """The sink of a job's output (Parquet part files on any fsspec filesystem)."""
-    return ParquetSink(spec.output.uri, spec.output.storage_options, policy, spec.output.compression)
+    """The sink of a job's output: Parquet part files, or a Lance dataset (output.format, or a .lance URI)."""
+    o = spec.output
+    if o.kind == "lance":
+        from jobs.sinks.lance import LanceSink
+
+        return LanceSink(o.uri, o.storage_options, policy, o.vector_index, o.id_index)
+    return ParquetSink(o.uri, o.storage_options, policy, o.compression)

@@ -1,7 +1,7 @@
 """The sink lifecycle, after Ray Data's Datasink: one object owns how an output is started, how each shard
 is committed exactly once, and how the output is completed or left after a failure.
 
-Driver:  existing_job -> prepare -> on_write_start -> on_shard_committed (each) -> on_write_complete
+Driver:  existing_job -> prepare -> on_write_start -> on_shard_written (each) -> on_write_complete
                                                                                or on_write_failed
 Replica: committed_record (skip a shard already in) -> write_shard (stage, commit, record)
 """
@@ -43,8 +43,9 @@ class Sink(ABC):
         """Write the job's metadata (model, settings, plan) before the first shard."""
 
     @abstractmethod
-    def on_shard_committed(self, record: dict[str, Any]) -> None:
-        """The driver received a replica's record (the shard is already committed)."""
+    def on_shard_written(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The driver received a replica's record: commit the shard if the replica did not, and return the
+        record as committed."""
 
     @abstractmethod
     def on_write_complete(self, plan: Plan, summary: dict[str, Any]) -> dict[str, Any]:
@@ -64,4 +65,5 @@ class Sink(ABC):
     def write_shard(
         self, shard: Shard, table: pa.Table, errors: pa.Table | None, counts: dict[str, Any]
     ) -> dict[str, Any]:
-        """Commit one shard's rows (and its quarantined rows) exactly once; returns its record."""
+        """Write one shard's rows (and its quarantined rows); returns its record. Committed when this returns,
+        or when the driver's on_shard_written does, as the sink defines."""

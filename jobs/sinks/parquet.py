@@ -105,14 +105,15 @@ class ParquetSink(Sink):
         if existing is None or not self.store.exists(PLAN_FILE):
             self.store.write_bytes(PLAN_FILE, parquet_bytes(plan.to_table(), "zstd"))
 
-    def on_shard_committed(self, record: dict[str, Any]) -> None:
-        """Buffer the record; fold the buffer into a manifest segment every 1,000 records or 60 s."""
+    def on_shard_written(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The replica committed the shard; buffer its record and fold every 1,000 records or 60 s."""
         if record.get("skipped"):
-            return
+            return record
         self._received.append(record)
         due = time.monotonic() - self._folded_at > FOLD_EVERY_S
         if len(self._received) >= FOLD_EVERY_RECORDS or due:
             self._fold()
+        return record
 
     def _fold(self) -> None:
         self.store.fold(self._received)

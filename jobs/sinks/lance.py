@@ -1,0 +1,237 @@
+"""The Lance sink: one Lance dataset (id, embedding, text_hash, passthrough columns), optionally indexed.
+
+Commit sequence of a shard:
+1. the replica writes the shard's rows as Lance fragments (data files no version refers to yet) and its
+   quarantined rows to `_embedjob/_errors/<shard>.parquet`, and returns the fragments with its record;
+2. the driver commits them as one Lance version whose commit message is the shard's record: the commit point.
+   A shard's rows are in one committed version or in none;
+3. the driver folds the records into `_embedjob/_manifest/` as the Parquet sink does.
+A rerun takes the manifest plus the records in the messages of versions newer than it, so a crash between a
+commit and its manifest record neither loses nor duplicates the shard. Fragments of a shard that was never
+committed are files no version refers to: invisible to readers, and removed by Lance's cleanup.
+
+The job's metadata (_job.json, _plan.parquet, manifest, _SUCCESS) lives in `<dataset>/_embedjob/`.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from typing import Any
+
+import pyarrow as pa
+
+from jobs.manifest import OutputConflict, OutputStore, records_to_table
+from jobs.retry import RetryPolicy, call_with_retries
+from jobs.shards import Plan, Shard
+from jobs.sinks.parquet import ParquetSink, check_complete
+
+META_DIR = "_embedjob"
+MESSAGE_KEY = "__lance_commit_message"
+# What a Lance dataset folder holds besides our metadata folder.
+LANCE_NAMES = ("_versions", "_transactions", "_indices", "_deletions", "_refs", "data", META_DIR)
+INDEX_TYPES = {"ivf_pq": "IVF_PQ", "ivf_hnsw_sq": "IVF_HNSW_SQ", "ivf_flat": "IVF_FLAT"}
+
+
+def import_lance() -> Any:
+    """The `lance` module, or an error saying what to install."""
+    try:
+        import lance
+    except ImportError as e:
+        raise ImportError(
+            "output.format: lance needs the pylance package: pip install 'embedjob[lance]' (or pylance)"
+        ) from e
+    return lance
+
+
+def lance_storage_options(options: dict[str, Any]) -> dict[str, str]:
+    """fsspec/s3fs storage options as Lance's object-store options (credentials, endpoint, region)."""
+    client = options.get("client_kwargs") or {}
+    endpoint = options.get("endpoint_url") or client.get("endpoint_url")
+    out = {
+        "aws_access_key_id": options.get("key"),
+        "aws_secret_access_key": options.get("secret"),
+        "aws_session_token": options.get("token"),
+        "aws_endpoint": endpoint,
+        "aws_region": client.get("region_name") or options.get("region_name"),
+    }
+    if endpoint and endpoint.startswith("http://"):
+        out["allow_http"] = "true"
+    return {k: str(v) for k, v in out.items() if v}
+
+
+class LanceSink(ParquetSink):
+    """A Lance dataset at the output URI; shards committed by the driver, one version each."""
+
+    def __init__(
+        self,
+        uri: str,
+        storage_options: dict[str, Any] | None = None,
+        policy: RetryPolicy | None = None,
+        vector_index: str = "none",
+        id_index: bool = False,
+        metric: str = "cosine",
+    ):
+        self.lance = import_lance()
+        super().__init__(posixpath.join(uri.rstrip("/"), META_DIR), storage_options, policy)
+        self.uri = uri
+        self.dataset_store = OutputStore(uri, storage_options, policy)
+        self.lance_options = lance_storage_options(storage_options or {})
+        self.vector_index, self.id_index, self.metric = vector_index, id_index, metric
+
+    def _dataset(self) -> Any | None:
+        try:
+            return self.lance.dataset(self.uri, storage_options=self.lance_options or None)
+        except (ValueError, FileNotFoundError, OSError):
+            return None
+
+    # --- driver ---
+    def existing_job(self, overwrite: bool) -> dict[str, Any] | None:
+        """_job.json from the metadata folder; refuses a folder holding files a Lance output does not."""
+        if self.dataset_store.fs.exists(self.dataset_store.root):
+            names = self.dataset_store.fs.ls(self.dataset_store.root, detail=False)
+            others = sorted(posixpath.basename(n.rstrip("/")) for n in names)
+            others = [n for n in others if n not in LANCE_NAMES]
+            if others:
+                raise OutputConflict(
+                    f"output.uri: {self.uri} holds files a Lance output does not consist of "
+                    f"({', '.join(repr(n) for n in others[:5])}); choose another folder"
+                )
+        existing = self.store.read_json("_job.json")
+        if existing is None and not overwrite and self._dataset() is not None:
+            raise OutputConflict(
+                f"output.uri: {self.uri} is a Lance dataset no embedjob run started; "
+                "use --overwrite to replace it, or another output"
+            )
+        return existing
+
+    def prepare(self, existing: dict[str, Any] | None, job: dict[str, Any], overwrite: bool) -> None:
+        """--overwrite: delete the dataset and its metadata; otherwise check that the job may resume."""
+        if overwrite:
+            fs, root = self.dataset_store.fs, self.dataset_store.root
+            if fs.exists(root):
+                for entry in fs.ls(root, detail=False):
+                    fs.rm(entry, recursive=True)
+        else:
+            super().prepare(existing, job, overwrite)
+
+    def records(self) -> pa.Table:
+        """The manifest plus the records of versions committed after it (a crash before they were folded)."""
+        table = self.store.records_table()
+        known = set(table.column("shard_id").to_pylist())
+        late = [r for r in self._committed_messages() if r["shard_id"] not in known]
+        if late:
+            table = pa.concat_tables([table, records_to_table(late)]).sort_by("index")
+        return table
+
+    def committed_ids(self) -> set[str]:
+        """Shard ids in a committed version."""
+        return set(self.records().column("shard_id").to_pylist())
+
+    def _committed_messages(self) -> list[dict[str, Any]]:
+        ds = self._dataset()
+        if ds is None:
+            return []
+        out = []
+        for tx in ds.get_transactions(ds.version):
+            message = (tx.transaction_properties or {}).get(MESSAGE_KEY) if tx is not None else None
+            if message and message.startswith("{"):
+                record = json.loads(message)
+                if "shard_id" in record:
+                    out.append(record)
+        return out
+
+    def on_shard_written(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Commit the shard's fragments as one version (its record in the message), then fold as Parquet does."""
+        if record.get("skipped"):
+            return record
+        fragments, schema = record.pop("_fragments"), record.pop("_schema")
+        ds = self._dataset()
+        op = (
+            self.lance.LanceOperation.Append(fragments)
+            if ds is not None
+            else self.lance.LanceOperation.Overwrite(schema, fragments)
+        )
+
+        def commit() -> Any:
+            return self.lance.LanceDataset.commit(
+                self.uri,
+                op,
+                read_version=ds.version if ds is not None else 0,
+                storage_options=self.lance_options or None,
+                commit_message=json.dumps(record, default=str, sort_keys=True),
+            )
+
+        committed = call_with_retries(
+            commit, what=f"output {self.uri}: commit shard {record['shard_id']}", policy=self.store.policy
+        )
+        record["lance_version"] = committed.version
+        return super().on_shard_written(record)
+
+    def on_write_complete(self, plan: Plan, summary: dict[str, Any]) -> dict[str, Any]:
+        """Check every planned row, build the asked-for indexes, then _SUCCESS."""
+        self._fold()
+        known = self.store.committed_ids()
+        self.store.fold([r for r in self._committed_messages() if r["shard_id"] not in known])
+        records = self.store.fold_all()
+        check_complete(plan, records)
+        ds = self._dataset()
+        rows = ds.count_rows() if ds is not None else 0
+        written = int(sum(records.column("rows").to_pylist()))
+        if rows != written:
+            raise OutputConflict(
+                f"output.uri: {self.uri}: the table holds {rows} rows, the manifest {written}"
+            )
+        if ds is not None and rows:
+            if self.id_index:
+                ds.create_scalar_index("id", "BTREE", replace=True)
+            if self.vector_index != "none":
+                partitions = max(1, min(256, int(rows**0.5)))
+                kwargs: dict[str, Any] = {"num_partitions": partitions, "metric": self.metric}
+                if self.vector_index == "ivf_pq":
+                    width = ds.schema.field("embedding").type.list_size
+                    kwargs["num_sub_vectors"] = next(d for d in (16, 8, 4, 2, 1) if width % d == 0)
+                ds.create_index("embedding", INDEX_TYPES[self.vector_index], replace=True, **kwargs)
+        totals = {k: int(sum(records.column(k).to_pylist())) for k in ("embedded", "reused", "quarantined")}
+        summary = {**summary, **totals, "rows_written": written, "indexed": None, "output": self.uri}
+        summary["lance_version"] = self._dataset().version if rows else None
+        self.store.write_json("_SUCCESS", {**summary, "plan_fingerprint": plan.fingerprint})
+        self.store.remove_dir("_work")
+        self.store.remove_tmp()
+        return summary
+
+    # --- replica ---
+    def write_shard(
+        self, shard: Shard, table: pa.Table, errors: pa.Table | None, counts: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Errors file, then the shard's fragments (not yet in any version); the driver commits them."""
+        errors_file = None
+        if errors is not None and errors.num_rows:
+            errors_file = f"_errors/{shard.shard_id}.parquet"
+            from jobs.write import parquet_bytes
+
+            self.store.write_bytes(errors_file, parquet_bytes(errors, "zstd"))
+
+        def write() -> list[Any]:
+            return self.lance.fragment.write_fragments(
+                table, self.uri, schema=table.schema, storage_options=self.lance_options or None
+            )
+
+        fragments = call_with_retries(
+            write, what=f"shard {shard.shard_id}: write fragments to {self.uri}", policy=self.store.policy
+        )
+        return {
+            "shard_id": shard.shard_id,
+            "index": shard.index,
+            "file": None,
+            "source": shard.source,
+            "start": shard.start,
+            "stop": shard.stop,
+            "rows_in": shard.rows,
+            "rows": table.num_rows,
+            "quarantined": 0 if errors is None else errors.num_rows,
+            "errors_file": errors_file,
+            **counts,
+            "_fragments": fragments,
+            "_schema": table.schema,
+        }
