@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--job-id")
     status.add_argument("--address")
     status.add_argument("--json", action="store_true", help="print the progress as JSON")
+    search = sub.add_parser(
+        "search", help="embed a query with the job's model and print the nearest rows of its output"
+    )
+    search.add_argument("output_uri", help="a job's output (Parquet folder or .lance dataset)")
+    search.add_argument("query", help="the query text")
+    search.add_argument("-k", type=int, default=10, help="how many rows (default 10)")
+    search.add_argument("--json", action="store_true", help="print the hits as JSON")
     try:
         from jobs import submit
     except ImportError:
@@ -206,10 +213,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not uri:
         print("embedjob status: give OUTPUT_URI, or --job-id ID [--address A]", file=sys.stderr)
         return 2
-    from jobs.manifest import OutputStore
     from jobs.progress import output_progress
+    from jobs.sinks import metadata_store
 
-    progress = output_progress(OutputStore(uri))
+    progress = output_progress(metadata_store(uri))
     if progress is None:
         print(
             f"embedjob status: {uri}: no _plan.parquet: not an embedjob output, or not started",
@@ -220,6 +227,25 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(progress, indent=2))
     else:
         print(format_status(progress))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from jobs.search import SearchError, search
+
+    if args.k < 1:
+        print(f"embedjob search: -k must be >= 1, got {args.k}", file=sys.stderr)
+        return 2
+    try:
+        hits = search(args.output_uri, args.query, args.k)
+    except SearchError as e:
+        print(f"embedjob {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(hits))
+    else:
+        for h in hits:
+            print(f"{h['rank']:>3}  {h['score']:.4f}  {h['id']}")
     return 0
 
 
@@ -243,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `embedjob` console command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"run": cmd_run, "plan": cmd_plan, "status": cmd_status}
+    handlers = {"run": cmd_run, "plan": cmd_plan, "status": cmd_status, "search": cmd_search}
     try:
         if args.command in handlers:
             return handlers[args.command](args)

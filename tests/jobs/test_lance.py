@@ -90,3 +90,33 @@ def test_lance_quarantine_and_overwrite(tmp_path, tiny_st_model, jobkit):
     assert [(e["id"], e["reason"]) for e in errors] == [("b", "null text")]
     summary = run_job(spec, progress=False, keep_warm=True, overwrite=True)
     assert lance.dataset(out).count_rows() == 3
+
+
+@pytest.mark.parametrize("suffix", ["parquet-out", "out.lance"])
+def test_search_top_k_equals_brute_force(tmp_path, tiny_st_model, jobio, jobkit, suffix, capsys):
+    """`embedjob search` on either sink: the same ids, in the same order, as numpy over the stored vectors."""
+    from embedder import EmbeddingModel
+    from jobs.cli import main
+
+    texts = jobio.corpus(200, seed=33)
+    jobkit.write_files(str(tmp_path / "in"), texts, files=2, row_group_size=25)
+    out = str(tmp_path / suffix)
+    run_job(jobkit.job_spec(tiny_st_model, str(tmp_path / "in"), out), progress=False, keep_warm=True)
+    if suffix.endswith(".lance"):
+        stored = table_of(out)
+    else:
+        stored = pq.read_table(out).sort_by("id")
+    vectors = embedding(stored)
+    query = "the cat sat on the mat"
+    q = EmbeddingModel(tiny_st_model).encode_query([query])[0]
+    cos = (vectors @ q) / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(q))
+    want = [stored.column("id")[int(j)].as_py() for j in np.argsort(-cos, kind="stable")[:10]]
+
+    assert main(["search", out, query, "-k", "10", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert [h["rank"] for h in hits] == list(range(1, 11))
+    assert [h["id"] for h in hits] == want
+    assert np.allclose([h["score"] for h in hits], np.sort(cos)[::-1][:10], atol=1e-5)
+    assert main(["search", out, query, "-k", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[0].split()[2] == want[0]

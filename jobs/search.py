@@ -1,0 +1,117 @@
+"""`embedjob search OUTPUT "query"`: embed a query with the job's own model and settings and list the nearest rows.
+
+Parquet outputs are searched exactly (every part file, streamed); Lance outputs through Lance's own nearest
+search (its vector index when the job built one).
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+from typing import Any
+
+import numpy as np
+
+from jobs.manifest import JOB_FILE, OutputStore
+from jobs.sinks import metadata_store
+
+SIMILARITIES = ("cosine", "dot")
+
+
+class SearchError(ValueError):
+    """The output cannot be searched: not a complete embedjob output, or an unsupported setting."""
+
+
+def embed_query(job: dict[str, Any], query: str) -> np.ndarray:
+    """The query's vector, made as the job made its rows' vectors, with the model's query prompt if it has one."""
+    from embedder import EmbeddingModel
+    from jobs.spec import resolve_model_name
+
+    m = job["model"]
+    spec_model = job.get("spec", {}).get("model", {})
+    name = m["path"] if m.get("path") and os.path.isdir(m["path"]) else resolve_model_name(m["name"])
+    model = EmbeddingModel(
+        name,
+        device="cpu",
+        revision=m.get("revision"),
+        trust_remote_code=bool(spec_model.get("trust_remote_code")),
+        allow_pickle=bool(spec_model.get("allow_pickle")),
+    )
+    if m.get("max_seq_length"):
+        model.max_seq_length = m["max_seq_length"]
+    kwargs = {"normalize_embeddings": bool(m.get("normalize")), "truncate_dim": m.get("truncate_dim")}
+    if m.get("prompt") is not None or m.get("prompt_name") is not None:
+        # The job chose its prompt; a query prompt of the model's own still wins for the query side.
+        if "query" not in getattr(model, "prompts", {}):
+            kwargs.update(prompt=m.get("prompt"), prompt_name=m.get("prompt_name"))
+    return np.asarray(model.encode_query([query], **kwargs), dtype=np.float32)[0]
+
+
+def _scores(vectors: np.ndarray, q: np.ndarray, similarity: str) -> np.ndarray:
+    vectors = vectors.astype(np.float32, copy=False)
+    if similarity == "cosine":
+        norms = np.linalg.norm(vectors, axis=1) * (np.linalg.norm(q) or 1.0)
+        return (vectors @ q) / np.where(norms == 0, 1.0, norms)
+    return vectors @ q
+
+
+def search_parquet(store: OutputStore, q: np.ndarray, k: int, similarity: str) -> list[tuple[float, Any]]:
+    """Exact top-k over every committed part file, one file in memory at a time."""
+    best: list[tuple[float, int, Any]] = []  # a min-heap of (score, tie-break, id)
+    seen = 0
+    records = store.records_table()
+    for file in records.column("file").to_pylist():
+        table = store.read_table(file, ["id", "embedding"])
+        if table is None or table.num_rows == 0:
+            continue
+        col = table.column("embedding").combine_chunks()
+        vectors = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
+        scores = _scores(vectors, q, similarity)
+        top = np.argsort(-scores, kind="stable")[:k]
+        ids = table.column("id").to_pylist()
+        for j in top:
+            item = (float(scores[j]), -(seen + int(j)), ids[j])  # earlier rows win ties
+            if len(best) < k:
+                heapq.heappush(best, item)
+            elif item > best[0]:
+                heapq.heapreplace(best, item)
+        seen += table.num_rows
+    return [(score, i) for score, _, i in sorted(best, reverse=True)]
+
+
+def search_lance(
+    uri: str, q: np.ndarray, k: int, similarity: str, storage_options: dict | None
+) -> list[tuple[float, Any]]:
+    """Lance's nearest search (its vector index when one was built); scores in the same sense as Parquet's."""
+    from jobs.sinks.lance import import_lance, lance_storage_options
+
+    lance = import_lance()
+    ds = lance.dataset(uri, storage_options=lance_storage_options(storage_options or {}) or None)
+    metric = "cosine" if similarity == "cosine" else "dot"
+    table = ds.to_table(
+        columns=["id"],
+        nearest={"column": "embedding", "q": q, "k": k, "metric": metric, "nprobes": 64, "refine_factor": 10},
+    )
+    # Lance's distances: cosine 1 - cos, dot 1 - dot; both back to a similarity.
+    scores = 1.0 - table.column("_distance").to_numpy()
+    return list(zip(scores.tolist(), table.column("id").to_pylist(), strict=True))
+
+
+def search(uri: str, query: str, k: int = 10, storage_options: dict | None = None) -> list[dict[str, Any]]:
+    """The k rows nearest to `query` in a job's output: [{"rank", "id", "score"}], best first."""
+    store = metadata_store(uri, storage_options)
+    job = store.read_json(JOB_FILE)
+    if job is None:
+        raise SearchError(f"search: {uri} holds no {JOB_FILE}; is it the output of an embedjob run?")
+    precision = job["model"].get("precision", "float32")
+    if precision not in ("float32", "float16"):
+        raise SearchError(f"search: {uri} holds {precision} vectors; search compares float vectors only")
+    similarity = job["model"].get("similarity_fn_name") or "cosine"
+    if similarity not in SIMILARITIES:
+        raise SearchError(f"search: similarity {similarity!r} of {uri} is not one of {list(SIMILARITIES)}")
+    q = embed_query(job, query)
+    if store.root.endswith("/_embedjob"):
+        hits = search_lance(uri, q, k, similarity, storage_options)
+    else:
+        hits = search_parquet(store, q, k, similarity)
+    return [{"rank": n + 1, "id": i, "score": round(s, 6)} for n, (s, i) in enumerate(hits)]
