@@ -31,8 +31,11 @@ def rules(monkeypatch, tmp_path):
 
 def test_unset_does_nothing(monkeypatch):
     monkeypatch.delenv(faults.ENV_RULES, raising=False)
-    maybe_fail("storage.write", path="x")
-    assert fault_env() == {} or faults.ENV_RULES not in fault_env()
+    monkeypatch.delenv(faults.ENV_STATE, raising=False)
+    maybe_fail("storage.write", path="x")  # would raise or exit if any rule were left over
+    assert fault_env() == {}
+    monkeypatch.setenv(faults.ENV_STATE, "/tmp/state")
+    assert fault_env() == {faults.ENV_STATE: "/tmp/state"}  # only the variables that are set travel
 
 
 def test_raise_matches_point_context_and_substring(rules):

@@ -51,7 +51,10 @@ def test_folder_of_files_shards_cover_every_row_once(tmp_path):
     by_file: dict[str, list] = {}
     for s in plan.shards:
         by_file.setdefault(s.source, []).append((s.start, s.stop))
-        assert s.start in s.group_starts or s.start > s.group_starts[0]
+        # The shard's row groups are exactly those its rows fall in, each starting where the last one ended.
+        assert s.group_starts[0] <= s.start < s.stop <= s.group_starts[-1] + 10
+        assert list(s.group_starts) == [s.group_starts[0] + 10 * k for k in range(len(s.row_groups))]
+        assert list(s.row_groups) == [g // 10 for g in s.group_starts]
     assert by_file["f0.parquet"] == [(0, 20), (20, 40), (40, 60)]
     assert by_file["f1.parquet"] == [(0, 20), (20, 35)]
     assert [s.index for s in plan.shards] == list(range(len(plan.shards)))
