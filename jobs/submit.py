@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import datetime as dt
 import importlib.util
 import os
@@ -27,6 +26,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
+
+from jobs.nightly import RUN_STAMP
 
 EXIT_SUCCEEDED = 0
 EXIT_FAILED = 1
@@ -42,7 +43,6 @@ ENTRYPOINT = ("python", "-m", "jobs.cli", "run")
 ENTRYPOINT_FLAGS = ("--no-progress",)
 # `embedjob run` flags that `submit` forwards when given (a scheduler changes these per run).
 RUN_OVERRIDES = ("model", "input", "output", "previous")
-RUN_STAMP = "%Y%m%dT%H%M%SZ"  # nightly run folder names: lexical order is time order
 POLL_S = 2.0
 ADDRESS_VARS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 
@@ -330,81 +330,3 @@ def add_commands(subparsers: Any) -> None:
         )
     p.add_argument("--overwrite", action="store_true", help="pass --overwrite to `embedjob run`")
     p.set_defaults(func=submit)
-
-
-def latest_successful_run(prefix_uri: str, storage_options: dict | None = None) -> str | None:
-    """The newest run under `prefix_uri` (by name: runs are named by UTC time) that has a _SUCCESS marker."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(prefix_uri, **(storage_options or {}))
-    fs.invalidate_cache(root)
-    try:
-        entries = fs.ls(root, detail=True)
-    except FileNotFoundError:
-        return None
-    names = sorted(os.path.basename(e["name"].rstrip("/")) for e in entries if e["type"] == "directory")
-    for name in reversed(names):
-        if fs.exists(f"{root.rstrip('/')}/{name}/_SUCCESS"):
-            return f"{prefix_uri.rstrip('/')}/{name}"
-    return None
-
-
-def nightly_rayjob(template: dict[str, Any], prefix_uri: str, now: dt.datetime, previous: str | None) -> dict:
-    """The RayJob for tonight's run: a fresh output folder under `prefix_uri`, `--previous` the last good run."""
-    doc = copy.deepcopy(template)
-    stamp = now.astimezone(dt.timezone.utc).strftime(RUN_STAMP)
-    try:
-        base_name = doc["metadata"]["name"]
-        argv = shlex.split(doc["spec"]["entrypoint"])
-    except (KeyError, TypeError):
-        raise SubmitError("template: needs metadata.name and spec.entrypoint (a RayJob)") from None
-    for flag in ("--output", "--previous"):
-        if any(a == flag or a.startswith(f"{flag}=") for a in argv):
-            raise SubmitError(f"template spec.entrypoint: {flag} is set per run; remove it from the template")
-    argv += ["--output", f"{prefix_uri.rstrip('/')}/{stamp}"]
-    if previous:
-        argv += ["--previous", previous]
-    doc["spec"]["entrypoint"] = shlex.join(argv)
-    # RayJob names become pod/label values: at most 63 lowercase characters.
-    doc["metadata"]["name"] = f"{base_name[: 63 - len(stamp) - 1]}-{stamp.lower()}"
-    doc["metadata"].setdefault("labels", {})["embedjob/run"] = stamp.lower()
-    return doc
-
-
-def build_nightly_parser() -> argparse.ArgumentParser:
-    """The parser of `python -m jobs.submit` (what the nightly CronJob runs)."""
-    parser = argparse.ArgumentParser(prog="python -m jobs.submit")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("nightly-rayjob", help="template the nightly RayJob with the last successful run")
-    p.add_argument(
-        "--template", required=True, help="a RayJob YAML whose entrypoint is `embedjob run JOB.yaml`"
-    )
-    p.add_argument("--prefix", required=True, help="the folder that holds one sub-folder per nightly run")
-    p.add_argument("--full", action="store_true", help="ignore earlier runs (no --previous)")
-    p.add_argument("--now", default=None, help="the run time, ISO 8601 (default: now, UTC)")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m jobs.submit nightly-rayjob`: print tonight's RayJob (YAML) for `kubectl create -f`."""
-    import yaml
-
-    args = build_nightly_parser().parse_args(argv)
-    with open(args.template, encoding="utf-8") as f:
-        template = yaml.safe_load(f)
-    now = dt.datetime.fromisoformat(args.now) if args.now else dt.datetime.now(dt.timezone.utc)
-    if now.tzinfo is None:
-        now = now.replace(tzinfo=dt.timezone.utc)
-    previous = None if args.full else latest_successful_run(args.prefix)
-    print(f"previous successful run: {previous or 'none (full run)'}", file=sys.stderr)
-    try:
-        doc = nightly_rayjob(template, args.prefix, now, previous)
-    except SubmitError as e:
-        print(f"python -m jobs.submit: {args.template}: {e}", file=sys.stderr)
-        return 2
-    yaml.safe_dump(doc, sys.stdout, sort_keys=False)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

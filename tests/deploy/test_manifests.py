@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs import submit
+from jobs import nightly
 from jobs.cli import build_parser, load_spec
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -84,11 +84,11 @@ def _nightly_template() -> dict[str, Any]:
 def _rayjobs() -> list[tuple[str, dict[str, Any]]]:
     """The RayJobs as they will be created: the one-off, and tonight's from the nightly template."""
     now = dt.datetime(2026, 11, 25, 2, 0, tzinfo=dt.timezone.utc)
-    nightly = submit.nightly_rayjob(
+    tonight = nightly.nightly_rayjob(
         _nightly_template(), "s3://b/nightly", now, "s3://b/nightly/20261124T020000Z"
     )
-    first_night = submit.nightly_rayjob(_nightly_template(), "s3://b/nightly", now, None)
-    return [(d["_file"], d) for d in _find("RayJob")] + [("nightly", nightly), ("first night", first_night)]
+    first_night = nightly.nightly_rayjob(_nightly_template(), "s3://b/nightly", now, None)
+    return [(d["_file"], d) for d in _find("RayJob")] + [("nightly", tonight), ("first night", first_night)]
 
 
 # ---------------------------------------------------------------- images
@@ -238,9 +238,9 @@ def test_cronjob_runs_the_nightly_templater_and_may_create_rayjobs() -> None:
     script = shlex.split(container["command"][2])
     split = script.index(">")
     python_argv, rest = script[:split], script[split:]
-    assert python_argv[:3] == ["python", "-m", "jobs.submit"]
+    assert python_argv[:3] == ["python", "-m", "jobs.nightly"]
     env = {e["name"]: e["value"] for e in container["env"]}
-    args = submit.build_nightly_parser().parse_args(
+    args = nightly.build_nightly_parser().parse_args(
         [a.replace("$NIGHTLY_PREFIX", env["NIGHTLY_PREFIX"]) for a in python_argv[3:]]
     )
     assert args.command == "nightly-rayjob" and args.prefix.startswith("s3://")

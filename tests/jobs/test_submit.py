@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs import submit
+from jobs import nightly, submit
 from jobs.manifest import OutputStore
 
 BIN = os.path.dirname(sys.executable)
@@ -213,14 +213,14 @@ def _run(root: Path, name: str, success: bool) -> None:
 
 
 def test_latest_successful_run_skips_unfinished(tmp_path: Path) -> None:
-    assert submit.latest_successful_run(str(tmp_path / "missing")) is None
-    assert submit.latest_successful_run(str(tmp_path)) is None
+    assert nightly.latest_successful_run(str(tmp_path / "missing")) is None
+    assert nightly.latest_successful_run(str(tmp_path)) is None
     # Created out of order; the newest-named one has no _SUCCESS (still running or failed).
     _run(tmp_path, "20261124T020000Z", True)
     _run(tmp_path, "20261125T020000Z", False)
     _run(tmp_path, "20261122T020000Z", True)
     (tmp_path / "20261126T020000Z").write_text("a file, not a run")
-    assert submit.latest_successful_run(str(tmp_path) + "/") == f"{tmp_path}/20261124T020000Z"
+    assert nightly.latest_successful_run(str(tmp_path) + "/") == f"{tmp_path}/20261124T020000Z"
 
 
 def test_latest_successful_run_on_s3(s3_server) -> None:
@@ -230,7 +230,7 @@ def test_latest_successful_run_on_s3(s3_server) -> None:
         fs.pipe(f"{prefix}/{name}/_manifest/s0.json", b"{}")
         if ok:
             fs.pipe(f"{prefix}/{name}/_SUCCESS", b"{}")
-    assert submit.latest_successful_run(prefix, s3_server.storage_options) == f"{prefix}/20261124T020000Z"
+    assert nightly.latest_successful_run(prefix, s3_server.storage_options) == f"{prefix}/20261124T020000Z"
 
 
 TEMPLATE = {
@@ -246,7 +246,7 @@ TEMPLATE = {
 
 def test_nightly_rayjob_points_previous_at_last_good_run() -> None:
     now = dt.datetime(2026, 11, 25, 2, 0, 5, tzinfo=dt.timezone.utc)
-    doc = submit.nightly_rayjob(TEMPLATE, "s3://b/nightly/", now, "s3://b/nightly/20261124T020000Z")
+    doc = nightly.nightly_rayjob(TEMPLATE, "s3://b/nightly/", now, "s3://b/nightly/20261124T020000Z")
     assert doc["metadata"]["name"] == "embed-nightly-20261125t020005z"
     assert doc["metadata"]["labels"] == {"app": "embedjob", "embedjob/run": "20261125t020005z"}
     assert shlex.split(doc["spec"]["entrypoint"]) == [
@@ -259,18 +259,18 @@ def test_nightly_rayjob_points_previous_at_last_good_run() -> None:
         "s3://b/nightly/20261124T020000Z",
     ]
     assert TEMPLATE["spec"]["entrypoint"] == "embedjob run /etc/embedjob/nightly.yaml"  # template untouched
-    first = submit.nightly_rayjob(TEMPLATE, "s3://b/nightly", now, None)
+    first = nightly.nightly_rayjob(TEMPLATE, "s3://b/nightly", now, None)
     assert "--previous" not in first["spec"]["entrypoint"]
     bad = {**TEMPLATE, "spec": {"entrypoint": "embedjob run j.yaml --output s3://x"}}
-    with pytest.raises(submit.SubmitError, match="--output is set per run"):
-        submit.nightly_rayjob(bad, "s3://b/n", now, None)
+    with pytest.raises(nightly.NightlyError, match="--output is set per run"):
+        nightly.nightly_rayjob(bad, "s3://b/n", now, None)
     bad = {**TEMPLATE, "spec": {"entrypoint": "embedjob run j.yaml --previous=s3://x"}}
-    with pytest.raises(submit.SubmitError, match="--previous is set per run"):
-        submit.nightly_rayjob(bad, "s3://b/n", now, None)
+    with pytest.raises(nightly.NightlyError, match="--previous is set per run"):
+        nightly.nightly_rayjob(bad, "s3://b/n", now, None)
 
 
 def test_nightly_command_prints_rayjob_yaml(tmp_path: Path) -> None:
-    """What the CronJob runs: `python -m jobs.submit nightly-rayjob ...` prints the RayJob on stdout."""
+    """What the CronJob runs: `python -m jobs.nightly nightly-rayjob ...` prints the RayJob on stdout."""
     template = tmp_path / "t.yaml"
     template.write_text(yaml.safe_dump(TEMPLATE))
     runs = tmp_path / "runs"
@@ -285,7 +285,7 @@ def test_nightly_command_prints_rayjob_yaml(tmp_path: Path) -> None:
         "2026-11-25T02:00:00",
     ]
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.submit", *argv], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "jobs.nightly", *argv], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
     doc = yaml.safe_load(proc.stdout)
@@ -293,7 +293,7 @@ def test_nightly_command_prints_rayjob_yaml(tmp_path: Path) -> None:
         "--output", f"{runs}/20261125T020000Z", "--previous", f"{runs}/20261124T020000Z"]  # fmt: skip
     assert f"previous successful run: {runs}/20261124T020000Z" in proc.stderr
     full = subprocess.run(
-        [sys.executable, "-m", "jobs.submit", *argv, "--full"], capture_output=True, text=True
+        [sys.executable, "-m", "jobs.nightly", *argv, "--full"], capture_output=True, text=True
     )
     assert "--previous" not in yaml.safe_load(full.stdout)["spec"]["entrypoint"]
 
