@@ -52,6 +52,13 @@ def absolutize(spec: JobSpec) -> JobSpec:
     return JobSpec.from_dict(d)
 
 
+def _key_pass_fingerprint(spec: JobSpec, plan: Any, settings: str | None = None) -> str:
+    """What a finished key pass depends on: the plan and bad-row policy, and with --previous the settings."""
+    if not spec.previous_uri:
+        return digest(plan.fingerprint, spec.policy.on_bad_row)
+    return digest(plan.fingerprint, settings, spec.previous_uri, spec.policy.on_bad_row)
+
+
 def run_job(
     spec: JobSpec | dict[str, Any] | str,
     *,
@@ -92,23 +99,25 @@ def run_job(
         committed = set() if overwrite else sink.committed_ids()
         todo = [s for s in plan.shards if s.shard_id not in committed]
         pool = get_pool(spec, max(1, len(todo)), keep_warm and not started_ray)
+        keys = None
+        if existing is None and not overwrite and previous is None and spec.input.id_column:
+            # A new output and only the duplicate check to do: it reads ids while the replicas load the model.
+            keys = run_key_pass(spec, plan, sink.store, None, False, None, _key_pass_fingerprint(spec, plan))
         info = first_info(pool, spec)
         job = job_metadata(spec, plan, info)
         sink.prepare(existing, job, overwrite)
         if overwrite:
             existing, committed, todo = None, set(), list(plan.shards)
         reuse = previous is not None and previous.reusable(job["settings_fingerprint"])
-        keys = KeyPassResult()
         done = sink.store.read_json(SUCCESS_FILE) if existing is not None and not todo else None
-        if done is not None:
-            keys.deleted = done.get("deleted")  # a complete output: its key pass has nothing left to find
-        elif spec.input.id_column or previous is not None:
+        if keys is None and done is not None:
+            keys = KeyPassResult(deleted=done.get("deleted"))  # complete: the key pass has nothing to find
+        elif keys is None and (spec.input.id_column or previous is not None):
             # Before the first shard: repeated ids fail the job (or are quarantined) before anything is embedded.
             max_chars = spec.policy.max_text_chars or default_max_chars(info["max_seq_length"])
-            fp = digest(
-                plan.fingerprint, job["settings_fingerprint"], spec.previous_uri, spec.policy.on_bad_row
-            )
+            fp = _key_pass_fingerprint(spec, plan, job["settings_fingerprint"])
             keys = run_key_pass(spec, plan, sink.store, previous, reuse, max_chars, fp)
+        keys = keys or KeyPassResult()
         sink.on_write_start(existing, job, plan)
         bar = Progress(plan.rows, len(plan.shards), bar=progress, log_file=log_file)
         bar.event(

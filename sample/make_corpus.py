@@ -25,7 +25,11 @@ def paragraphs(text: str) -> list[str]:
     for block in re.split(r"\n\s*\n", text):
         block = " ".join(block.split())
         letters = sum(c.isalpha() for c in block)
-        if 20 <= len(block) <= 3000 and letters > 0.6 * len(block) and not block.startswith(("..", ">>>", "|", "[", "<", "```", "=", "-", "#")):
+        if (
+            20 <= len(block) <= 3000
+            and letters > 0.6 * len(block)
+            and not block.startswith(("..", ">>>", "|", "[", "<", "```", "=", "-", "#"))
+        ):
             out.append(block)
     return out
 
@@ -35,7 +39,11 @@ def collect() -> list[str]:
     for dist in metadata.distributions():
         texts += paragraphs(dist.metadata.get_payload() or "")
     for info in pkgutil.iter_modules():
-        if info.name in sys.stdlib_module_names and not info.name.startswith("_") and info.name not in ("antigravity", "this"):
+        if (
+            info.name in sys.stdlib_module_names
+            and not info.name.startswith("_")
+            and info.name not in ("antigravity", "this")
+        ):
             try:
                 mod = importlib.import_module(info.name)
             except Exception:
@@ -55,7 +63,9 @@ def main() -> None:
     table = pa.table({"id": ids, "text": texts})
     pq.write_table(table, "sample/corpus.parquet", row_group_size=500, compression="zstd")
     lengths = sorted(len(t) for t in texts)
-    print(f"{len(texts)} texts; chars p10={lengths[len(texts) // 10]} p50={lengths[len(texts) // 2]} p90={lengths[9 * len(texts) // 10]} max={lengths[-1]}")
+    print(
+        f"{len(texts)} texts; chars p10={lengths[len(texts) // 10]} p50={lengths[len(texts) // 2]} p90={lengths[9 * len(texts) // 10]} max={lengths[-1]}"
+    )
 
 
 if __name__ == "__main__":
