@@ -185,8 +185,8 @@ class ShardWorker:
             keep = [p for p in range(len(raw_texts)) if p not in bad_pos]
             texts = [text_at[p] for p in keep]
             batch_hashes = text_hashes(texts)
-            to_embed = []
-            for k, p in enumerate(keep):
+            to_embed = [] if reusable else list(range(len(keep)))
+            for k, p in enumerate(keep if reusable else ()):
                 hit = reusable.get(rows[p])
                 # The hash is checked again: the input may have changed since the key pass read it.
                 if hit is not None and hit[0] == batch_hashes[k] and len(hit[1]) == dim:
