@@ -116,12 +116,18 @@ def _index_parts(
                 schema=INDEX_SCHEMA,
             )
         )
-    if not tables:
+    return write_bucketed(target, posixpath.join(target_dir, f"g={group:06d}.parquet"), tables, buckets)
+
+
+def write_bucketed(
+    store: OutputStore, rel: str, pieces: list[pa.Table], buckets: int
+) -> tuple[int, str, list[int]]:
+    """Write `pieces` as one file with a row group per id bucket; returns (rows, file, row group per bucket)."""
+    if not pieces:
         return 0, "", []
-    table = pa.concat_tables(tables)
+    table = pa.concat_tables(pieces)
     data, groups = bucketed_parquet(table, "id", buckets)
-    rel = posixpath.join(target_dir, f"g={group:06d}.parquet")
-    target.write_bytes(rel, data)
+    store.write_bytes(rel, data)
     return table.num_rows, rel, groups
 
 

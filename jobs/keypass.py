@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.buckets import bucket_count, bucket_sources, bucketed_parquet, id_keys, partitioned_parquet
+from jobs.buckets import bucket_count, bucket_sources, id_keys, partitioned_parquet
 from jobs.fingerprint import text_hashes
 from jobs.index import (
     INDEX_DIR,
@@ -33,6 +33,7 @@ from jobs.index import (
     load_map,
     open_store,
     read_row_groups,
+    write_bucketed,
 )
 from jobs.manifest import DELETED_DIR, OutputStore
 from jobs.plan import PlanError
@@ -245,13 +246,7 @@ def _scan(
                     [None if p in bad_pos else next(hashes) for p in range(len(raw))], pa.string()
                 )
             pieces.append(pa.table(cols).filter(valid))
-    if not pieces:
-        return 0, "", []
-    table = pa.concat_tables(pieces)
-    data, groups = bucketed_parquet(table, "id", buckets)
-    rel = posixpath.join(KEYS_DIR, f"s={group:06d}.parquet")
-    store.write_bytes(rel, data)
-    return table.num_rows, rel, groups
+    return write_bucketed(store, posixpath.join(KEYS_DIR, f"s={group:06d}.parquet"), pieces, buckets)
 
 
 def _join(

@@ -24,7 +24,7 @@ import pyarrow as pa
 from jobs.manifest import OutputConflict, OutputStore, records_to_table
 from jobs.retry import RetryPolicy, call_with_retries
 from jobs.shards import Plan, Shard
-from jobs.sinks.parquet import ParquetSink, check_complete
+from jobs.sinks.parquet import ParquetSink, check_complete, shard_record
 
 META_DIR = "_embedjob"
 MESSAGE_KEY = "__lance_commit_message"
@@ -205,33 +205,14 @@ class LanceSink(ParquetSink):
         self, shard: Shard, table: pa.Table, errors: pa.Table | None, counts: dict[str, Any]
     ) -> dict[str, Any]:
         """Errors file, then the shard's fragments (not yet in any version); the driver commits them."""
-        errors_file = None
-        if errors is not None and errors.num_rows:
-            errors_file = f"_errors/{shard.shard_id}.parquet"
-            from jobs.write import parquet_bytes
-
-            self.store.write_bytes(errors_file, parquet_bytes(errors, "zstd"))
+        errors_file = self.write_errors(shard, errors)
 
         def write() -> list[Any]:
             return self.lance.fragment.write_fragments(
                 table, self.uri, schema=table.schema, storage_options=self.lance_options or None
             )
 
-        fragments = call_with_retries(
-            write, what=f"shard {shard.shard_id}: write fragments to {self.uri}", policy=self.store.policy
-        )
-        return {
-            "shard_id": shard.shard_id,
-            "index": shard.index,
-            "file": None,
-            "source": shard.source,
-            "start": shard.start,
-            "stop": shard.stop,
-            "rows_in": shard.rows,
-            "rows": table.num_rows,
-            "quarantined": 0 if errors is None else errors.num_rows,
-            "errors_file": errors_file,
-            **counts,
-            "_fragments": fragments,
-            "_schema": table.schema,
-        }
+        what = f"shard {shard.shard_id}: write fragments to {self.uri}"
+        fragments = call_with_retries(write, what=what, policy=self.store.policy)
+        record = shard_record(shard, None, table, errors, errors_file, counts)
+        return {**record, "_fragments": fragments, "_schema": table.schema}

@@ -161,28 +161,45 @@ class ParquetSink(Sink):
         self, shard: Shard, table: pa.Table, errors: pa.Table | None, counts: dict[str, Any]
     ) -> dict[str, Any]:
         """Errors file, then the part file, then the record (the commit point)."""
-        errors_file = None
-        if errors is not None and errors.num_rows:
-            errors_file = f"{ERRORS_DIR}/{shard.shard_id}.parquet"
-            self.store.write_bytes(errors_file, parquet_bytes(errors, self.compression))
+        errors_file = self.write_errors(shard, errors)
         name = part_name(shard.index, shard.shard_id)
         self.store.write_bytes(name, parquet_bytes(table, self.compression))
-        record = {
-            "shard_id": shard.shard_id,
-            "index": shard.index,
-            "file": name,
-            "source": shard.source,
-            "start": shard.start,
-            "stop": shard.stop,
-            "rows_in": shard.rows,
-            "rows": table.num_rows,
-            "quarantined": 0 if errors is None else errors.num_rows,
-            "errors_file": errors_file,
-            **counts,
-            "committed_at": round(time.time(), 3),
-        }
+        record = shard_record(shard, name, table, errors, errors_file, counts)
         self.store.write_json(self.store.record_name(shard.shard_id), record)
         return record
+
+    def write_errors(self, shard: Shard, errors: pa.Table | None) -> str | None:
+        """The shard's quarantined rows as _errors/<shard>.parquet (None when there are none)."""
+        if errors is None or not errors.num_rows:
+            return None
+        rel = f"{ERRORS_DIR}/{shard.shard_id}.parquet"
+        self.store.write_bytes(rel, parquet_bytes(errors, self.compression))
+        return rel
+
+
+def shard_record(
+    shard: Shard,
+    file: str | None,
+    table: pa.Table,
+    errors: pa.Table | None,
+    errors_file: str | None,
+    counts: dict,
+) -> dict[str, Any]:
+    """A shard's manifest record: where its rows are, how many were written and quarantined, and counts."""
+    return {
+        "shard_id": shard.shard_id,
+        "index": shard.index,
+        "file": file,
+        "source": shard.source,
+        "start": shard.start,
+        "stop": shard.stop,
+        "rows_in": shard.rows,
+        "rows": table.num_rows,
+        "quarantined": 0 if errors is None else errors.num_rows,
+        "errors_file": errors_file,
+        **counts,
+        "committed_at": round(time.time(), 3),
+    }
 
 
 def check_complete(plan: Plan, records: pa.Table) -> None:
