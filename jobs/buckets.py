@@ -28,10 +28,18 @@ def bucket_count(rows: int) -> int:
 
 
 def id_keys(ids: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """Ids as strings: the join key, so an int id 7 and a string id "7" of a re-export still match."""
+    """Ids as strings: the join key, so an int id 7 and a string id "7" of a re-export still match.
+
+    Binary ids (raw UUIDs) need not be UTF-8: they become their hex digits.
+    """
     if isinstance(ids, pa.ChunkedArray):
         ids = ids.combine_chunks()
-    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+    if pa.types.is_dictionary(ids.type):
+        ids = ids.cast(ids.type.value_type)
+    t = ids.type
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+        return pa.array([None if v is None else v.hex() for v in ids.to_pylist()], pa.string())
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
         ids = pc.cast(ids, pa.string())
     return ids.cast(pa.string())
 
@@ -57,7 +65,9 @@ def partitioned_parquet(table: pa.Table, partition: np.ndarray) -> tuple[bytes, 
     edges = np.flatnonzero(np.diff(sorted_p)) + 1
     where: dict[int, int] = {}
     sink = io.BytesIO()
-    with pq.ParquetWriter(sink, table.schema, compression="zstd") as writer:
+    # No column statistics: a reader opens the footer once per row group it reads, and with a row group
+    # per partition the statistics would make footers grow with the partition count.
+    with pq.ParquetWriter(sink, table.schema, compression="zstd", write_statistics=False) as writer:
         for lo, hi in zip(np.concatenate(([0], edges)), np.concatenate((edges, [len(order)])), strict=True):
             if hi > lo:
                 rows = table.take(pa.array(order[lo:hi]))

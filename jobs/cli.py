@@ -283,13 +283,14 @@ def main(argv: list[str] | None = None) -> int:
         print("embedjob: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except Exception as e:
+        from jobs.keypass import KeyPassError
         from jobs.manifest import OutputConflict
         from jobs.plan import PlanError
         from jobs.redact import redact_text
         from jobs.retry import StorageError
         from jobs.run import JobError
 
-        if isinstance(e, (PlanError, OutputConflict, JobError, StorageError)):
+        if isinstance(e, (PlanError, OutputConflict, JobError, StorageError, KeyPassError)):
             print(f"embedjob: {type(e).__name__}: {redact_text(str(e))}", file=sys.stderr)
             return 1
         raise

@@ -5,7 +5,7 @@
 2. join (one task per bucket): repeated ids in plan order; with --previous, the previous ids that are gone
    (written to _deleted/ here) and the rows whose id and text hash the previous output holds.
 3. gather (one task per group of previous parts): copy the matched previous vectors into a file with one row
-   group per group of this run's shards, so a replica reads only its own shard group's reused vectors.
+   group per shard of this run, so a replica reads only its own shard's reused vectors.
 Each map task writes one file with a row group per partition (jobs.buckets.partitioned_parquet), so the
 shuffle makes as many files as tasks. No process holds every id: a task holds one group or one bucket; the
 driver holds counts, the repeats and where each partition's row group is. All of it lives in OUT/_work/ and
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import posixpath
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.buckets import bucket_count, bucket_sources, id_keys, partitioned_parquet
+from jobs.buckets import bucket_count, bucket_of, bucket_sources, id_keys, partitioned_parquet
 from jobs.fingerprint import text_hashes
 from jobs.index import (
     INDEX_DIR,
@@ -54,13 +55,28 @@ DONE_FILE = f"{WORK_DIR}/_keys.json"
 REPEATS_FILE = f"{WORK_DIR}/repeats.parquet"
 SOURCES_FILE = f"{WORK_DIR}/reuse-sources.json"
 ROWS_PER_SCAN = 1_000_000  # rows one scan task reads
-SHARDS_PER_GROUP = 64  # this run's shards per reuse folder
 GATHER_BYTES = 256 << 20  # previous vectors one gather task holds
 READ_ROWS = 65_536
+FAIL_SHOWN = 5  # repeats per bucket a join returns under policy fail (the message shows five)
 
 
 class DuplicateIdsError(PlanError):
     """policy fail and the input repeats ids: names the first repeats, their files and rows."""
+
+
+class KeyPassError(RuntimeError):
+    """A key pass task failed for a reason its retries did not fix; names the step and the cause."""
+
+
+def _named(step: str, results: Iterator[Any]) -> Iterator[Any]:
+    """The results of a step's tasks; a task's error becomes a KeyPassError naming the step."""
+    try:
+        yield from results
+    except Exception as e:
+        cause = getattr(e, "cause", None) or e
+        if isinstance(cause, PlanError):
+            raise cause from None
+        raise KeyPassError(f"key pass {step}: {type(cause).__name__}: {cause}") from e
 
 
 @dataclass
@@ -72,17 +88,16 @@ class KeyPassResult:
     repeats: int = 0
     deleted: int | None = None  # None: no previous output
     matched: int = 0
-    group_size: int = SHARDS_PER_GROUP  # shards per group of reusable vectors
-    # shard group -> (gather file, row group) of the group's reusable vectors, in each file that has some
+    # shard index -> (gather file, row group) of the shard's reusable vectors, in each file that has some
     reuse_sources: dict[int, list[tuple[str, int]]] = field(default_factory=dict)
     seconds: float = 0.0
 
     def reuse_for(self, shard_index: int) -> list[tuple[str, int]]:
         """Where a replica finds the reusable vectors of a shard ([] when it has none)."""
-        return self.reuse_sources.get(shard_index // self.group_size, [])
+        return self.reuse_sources.get(shard_index, [])
 
 
-_COUNTS = ("keys", "repeats", "deleted", "matched", "group_size")
+_COUNTS = ("keys", "repeats", "deleted", "matched")
 
 
 def run_key_pass(
@@ -110,30 +125,39 @@ def run_key_pass(
     out_args = (store.uri, store.storage_options, store.policy.attempts)
     with_text = reuse and previous is not None
     prev_index = _previous_index(previous, store) if previous is not None else None
-    buckets = prev_index["buckets"] if prev_index else bucket_count(plan.rows)
+    buckets = bucket_count(plan.rows)
+    if prev_index:
+        # A multiple of the previous index's count: join b reads previous bucket b % that count.
+        pb = prev_index["buckets"]
+        buckets = pb * -(-bucket_count(plan.rows + previous.rows) // pb)
 
     scans = (
         (spec.to_dict(), [s.to_dict() for s in g], k, out_args, buckets, max_chars, with_text)
         for k, g in enumerate(_groups(plan.shards))
     )
-    scanned = [(rel, groups) for _, rel, groups in run_tasks(_scan, scans) if rel]
+    scanned = [(rel, groups) for _, rel, groups in _named("scan", run_tasks(_scan, scans)) if rel]
     ppg = _parts_per_gather(previous) if with_text else 0
     joins = (
         (
             out_args,
             b,
+            buckets,
+            prev_index["buckets"] if prev_index else buckets,
             bucket_sources(scanned, b),
             prev_index["store"] if prev_index else None,
-            bucket_sources(prev_index["files"], b) if prev_index else None,
+            bucket_sources(prev_index["files"], b % prev_index["buckets"]) if prev_index else None,
             ppg,
+            spec.policy.on_bad_row == "fail",
         )
         for b in range(buckets)
     )
-    result = KeyPassResult(group_size=SHARDS_PER_GROUP, deleted=0 if previous is not None else None)
+    result = KeyPassResult(deleted=0 if previous is not None else None)
     repeats: list[dict[str, Any]] = []
+    repeated = 0
     match_files: list[tuple[str, dict[int, int]]] = []
-    for r in run_tasks(_join, joins):
+    for r in _named("join", run_tasks(_join, joins)):
         result.keys += r["keys"]
+        repeated += r["repeated"]
         repeats += r["repeats"]
         result.matched += r["matched"]
         if previous is not None:
@@ -141,8 +165,8 @@ def run_key_pass(
         if r.get("match_file"):
             match_files.append((r["match_file"], r["match_groups"]))
     repeats.sort(key=lambda d: (d["shard"], d["row"]))
-    if repeats and spec.policy.on_bad_row == "fail":
-        raise DuplicateIdsError(_fail_message(spec, plan, repeats))
+    if repeated and spec.policy.on_bad_row == "fail":
+        raise DuplicateIdsError(_fail_message(spec, plan, repeats, repeated))
     result.repeats, result.bad_rows = len(repeats), _bad_rows(plan, repeats)
 
     if result.matched:
@@ -153,11 +177,10 @@ def run_key_pass(
                 [(rel, where[pg]) for rel, where in match_files if pg in where],
                 previous.parts(pg * ppg, (pg + 1) * ppg),
                 _prev_args(previous),
-                SHARDS_PER_GROUP,
             )
             for pg in sorted({pg for _, where in match_files for pg in where})
         )
-        for rel, where in run_tasks(_gather, gathers):
+        for rel, where in _named("gather", run_tasks(_gather, gathers)):
             for g, rg in where.items():
                 result.reuse_sources.setdefault(g, []).append((rel, rg))
     if repeats:
@@ -252,10 +275,13 @@ def _scan(
 def _join(
     out_args: tuple,
     b: int,
+    buckets: int,
+    prev_buckets: int,
     new_sources: list[tuple[str, int]],
     prev_args: tuple | None,
     prev_sources: list[tuple[str, int]] | None,
     parts_per_gather: int,
+    fail_fast: bool,
 ) -> dict[str, Any]:
     """Ray task: one bucket's repeated ids, gone previous ids (to _deleted/) and reusable matches.
 
@@ -272,15 +298,19 @@ def _join(
         first = new
         if pairs:
             shard, row, key = (new.column(c).to_pylist() for c in ("shard", "row", "id"))
+            shown = (
+                pairs[:FAIL_SHOWN] if fail_fast else pairs
+            )  # policy fail names a few; quarantine needs all
             repeats = [
                 {"shard": shard[p], "row": row[p], "first_shard": shard[f], "first_row": row[f], "id": key[p]}
-                for p, f in pairs
+                for p, f in shown
             ]
             keep = np.ones(new.num_rows, bool)
             keep[[p for p, _ in pairs]] = False
             first = new.filter(pa.array(keep))
     out: dict[str, Any] = {
         "keys": 0 if new is None else new.num_rows,
+        "repeated": len(pairs) if new is not None else 0,
         "repeats": repeats,
         "deleted": 0,
         "matched": 0,
@@ -290,6 +320,8 @@ def _join(
     prev = read_row_groups(open_store(prev_args), prev_sources)
     if prev is None:
         prev = INDEX_SCHEMA.empty_table()
+    elif buckets != prev_buckets:  # this run's buckets split each previous one: keep this bucket's ids
+        prev = prev.filter(pa.array(bucket_of(prev.column("id").combine_chunks(), buckets) == b))
     now_ids = new.column("id").combine_chunks() if new is not None else pa.array([], pa.string())
     gone = prev.filter(pc.invert(pc.is_in(prev.column("id"), value_set=now_ids)))
     store.write_bytes(
@@ -324,10 +356,9 @@ def _gather(
     sources: list[tuple[str, int]],
     parts: dict[int, str],
     prev_args: tuple,
-    group_size: int,
 ) -> tuple[str, dict[int, int]]:
-    """Ray task: copy the matched vectors of some previous parts into one file with a row group per group of
-    this run's shards; returns (file, {shard group: row group})."""
+    """Ray task: copy the matched vectors of some previous parts into one file with a row group per shard of
+    this run; returns (file, {shard index: row group})."""
     store, prev = open_store(out_args), open_store(prev_args)
     matches = read_row_groups(store, sources)
     if matches is None:
@@ -355,7 +386,7 @@ def _gather(
             )
         )
     table = pa.concat_tables(pieces).sort_by([("shard", "ascending"), ("row", "ascending")])
-    data, where = partitioned_parquet(table, table.column("shard").to_numpy() // group_size)
+    data, where = partitioned_parquet(table, table.column("shard").to_numpy())
     rel = posixpath.join(VEC_DIR, f"pg={pg:06d}.parquet")
     store.write_bytes(rel, data)
     return rel, where
@@ -366,13 +397,10 @@ def read_reused(
 ) -> dict[int, tuple[str, Any]]:
     """Inside a replica: {input row: (text_hash, vector)} of the shard's rows the key pass found reusable.
 
-    sources: (gather file, row group) of the shard's group in each gather file that has rows for it.
+    sources: (gather file, row group) of the shard in each gather file that has rows for it.
     """
     table = read_row_groups(store, [(f, rg) for f, rg in sources])
-    if table is None:
-        return {}
-    table = table.filter(pc.equal(table.column("shard"), shard_index))
-    if table.num_rows == 0:
+    if table is None or table.num_rows == 0:
         return {}
     emb = table.column("embedding").combine_chunks()
     values = emb.flatten().to_numpy(zero_copy_only=False).reshape(len(emb), emb.type.list_size)
@@ -390,14 +418,13 @@ def _bad_rows(plan: Plan, repeats: list[dict[str, Any]]) -> dict[str, list[tuple
     return out
 
 
-def _fail_message(spec: JobSpec, plan: Plan, repeats: list[dict[str, Any]]) -> str:
+def _fail_message(spec: JobSpec, plan: Plan, repeats: list[dict[str, Any]], n: int) -> str:
     lines = [
         f"{r['id']!r} at {plan.shards[r['shard']].source} row {r['row']} "
         f"(first at {plan.shards[r['first_shard']].source} row {r['first_row']})"
         for r in repeats[:5]
     ]
-    more = f" (and {len(repeats) - 5} more)" if len(repeats) > 5 else ""
-    n = len(repeats)
+    more = f" (and {n - 5} more)" if n > 5 else ""
     return (
         f"input.id_column: {n} duplicate id{'s' if n != 1 else ''} in column {spec.input.id_column!r}: "
         f"{'; '.join(lines)}{more}; ids must be unique, or set policy.on_bad_row: quarantine to embed the "

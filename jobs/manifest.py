@@ -69,6 +69,7 @@ RECORD_SCHEMA = pa.schema(
         ("tokens", pa.int64()),
         ("seconds", pa.float64()),
         ("committed_at", pa.float64()),
+        ("lance_version", pa.int64()),  # Lance outputs: the version that committed the shard
     ]
 )
 TAIL_READERS = 16  # JSON records of the tail read at once

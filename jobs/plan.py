@@ -160,6 +160,13 @@ def _check_columns(inp: InputSpec, schema: pa.Schema, where: str) -> dict[str, s
         if col not in names:
             raise PlanError(f"{field_name}: column {col!r} not found in {where}; its columns are {names}")
         out[col] = str(schema.field(col).type)
+    if inp.id_column:
+        id_type = schema.field(inp.id_column).type
+        if pa.types.is_nested(id_type):
+            raise PlanError(
+                f"input.id_column: column {inp.id_column!r} in {where} has type {id_type}; "
+                "ids must be strings, numbers or bytes"
+            )
     text_type = schema.field(inp.text_column).type
     if pa.types.is_dictionary(text_type):
         text_type = text_type.value_type  # Parquet writers dictionary-encode repetitive strings

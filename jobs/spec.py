@@ -201,6 +201,10 @@ class JobSpec:
         if o.kind != "lance" and (o.vector_index != "none" or o.id_index):
             field_name = "output.vector_index" if o.vector_index != "none" else "output.id_index"
             raise SpecError(f"{field_name}: an index is built on a Lance output only (output.format: lance)")
+        if self.previous_uri and self.previous_uri.rstrip("/").endswith(".lance"):
+            raise SpecError(
+                f"previous: {self.previous_uri!r} is a Lance output; --previous reads a Parquet output for now"
+            )
         if o.kind == "lance" and self.previous_uri:
             raise SpecError(
                 "previous: incremental runs write a Parquet output for now; a Lance output is written in full"

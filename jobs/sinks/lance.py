@@ -20,6 +20,7 @@ import posixpath
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from jobs.manifest import OutputConflict, OutputStore, records_to_table
 from jobs.retry import RetryPolicy, call_with_retries
@@ -60,6 +61,13 @@ def lance_storage_options(options: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in out.items() if v}
 
 
+def _max_version(records: pa.Table) -> int:
+    """The newest Lance version the folded records name (0: none)."""
+    if not records.num_rows:
+        return 0
+    return int(pc.max(records.column("lance_version")).as_py() or 0)
+
+
 class LanceSink(ParquetSink):
     """A Lance dataset at the output URI; shards committed by the driver, one version each."""
 
@@ -80,10 +88,13 @@ class LanceSink(ParquetSink):
         self.vector_index, self.id_index, self.metric = vector_index, id_index, metric
 
     def _dataset(self) -> Any | None:
+        """The dataset at its latest version, or None when there is none yet (other errors propagate)."""
         try:
             return self.lance.dataset(self.uri, storage_options=self.lance_options or None)
-        except (ValueError, FileNotFoundError, OSError):
-            return None
+        except ValueError as e:
+            if "not found" in str(e).lower():
+                return None
+            raise
 
     # --- driver ---
     def existing_job(self, overwrite: bool) -> dict[str, Any] | None:
@@ -119,7 +130,7 @@ class LanceSink(ParquetSink):
         """The manifest plus the records of versions committed after it (a crash before they were folded)."""
         table = self.store.records_table()
         known = set(table.column("shard_id").to_pylist())
-        late = [r for r in self._committed_messages() if r["shard_id"] not in known]
+        late = [r for r in self._committed_messages(_max_version(table)) if r["shard_id"] not in known]
         if late:
             table = pa.concat_tables([table, records_to_table(late)]).sort_by("index")
         return table
@@ -128,17 +139,19 @@ class LanceSink(ParquetSink):
         """Shard ids in a committed version."""
         return set(self.records().column("shard_id").to_pylist())
 
-    def _committed_messages(self) -> list[dict[str, Any]]:
+    def _committed_messages(self, after: int = 0) -> list[dict[str, Any]]:
+        """The shard records in the commit messages of the versions after `after`."""
         ds = self._dataset()
-        if ds is None:
+        if ds is None or ds.version <= after:
             return []
         out = []
-        for tx in ds.get_transactions(ds.version):
+        # Newest first: the k-th transaction made version ds.version - k.
+        for k, tx in enumerate(ds.get_transactions(ds.version - after)):
             message = (tx.transaction_properties or {}).get(MESSAGE_KEY) if tx is not None else None
             if message and message.startswith("{"):
                 record = json.loads(message)
                 if "shard_id" in record:
-                    out.append(record)
+                    out.append({**record, "lance_version": ds.version - k})
         return out
 
     def on_shard_written(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -147,32 +160,45 @@ class LanceSink(ParquetSink):
             return record
         fragments, schema = record.pop("_fragments"), record.pop("_schema")
         ds = self._dataset()
+        if ds is None and (self._received or self.store.committed_ids()):
+            raise OutputConflict(
+                f"output.uri: {self.uri}: the manifest lists shards but the Lance dataset is gone"
+            )
         op = (
             self.lance.LanceOperation.Append(fragments)
             if ds is not None
             else self.lance.LanceOperation.Overwrite(schema, fragments)
         )
+        read_version = ds.version if ds is not None else 0
+        attempts = 0
 
-        def commit() -> Any:
+        def commit() -> int:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                # The last attempt may have committed before its answer was lost: never append twice.
+                for r in self._committed_messages(read_version):
+                    if r["shard_id"] == record["shard_id"]:
+                        return r["lance_version"]
             return self.lance.LanceDataset.commit(
                 self.uri,
                 op,
-                read_version=ds.version if ds is not None else 0,
+                read_version=read_version,
                 storage_options=self.lance_options or None,
                 commit_message=json.dumps(record, default=str, sort_keys=True),
-            )
+            ).version
 
-        committed = call_with_retries(
-            commit, what=f"output {self.uri}: commit shard {record['shard_id']}", policy=self.store.policy
-        )
-        record["lance_version"] = committed.version
+        what = f"output {self.uri}: commit shard {record['shard_id']}"
+        record["lance_version"] = call_with_retries(commit, what=what, policy=self.store.policy)
         return super().on_shard_written(record)
 
     def on_write_complete(self, plan: Plan, summary: dict[str, Any]) -> dict[str, Any]:
         """Check every planned row, build the asked-for indexes, then _SUCCESS."""
         self._fold()
-        known = self.store.committed_ids()
-        self.store.fold([r for r in self._committed_messages() if r["shard_id"] not in known])
+        folded = self.store.records_table()
+        known = set(folded.column("shard_id").to_pylist())
+        late = self._committed_messages(_max_version(folded))
+        self.store.fold([r for r in late if r["shard_id"] not in known])
         records = self.store.fold_all()
         check_complete(plan, records)
         ds = self._dataset()

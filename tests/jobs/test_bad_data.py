@@ -284,3 +284,26 @@ def test_duplicate_ids_across_files_and_shards_in_many_buckets(tmp_path, tiny_st
     assert sorted(errors, key=key) == sorted(expected, key=key)
     written = pq.read_table(out).column("id").to_pylist()
     assert sorted(written) == sorted(seen)
+
+
+def test_binary_ids_are_checked_and_kept(tmp_path, tiny_st_model):
+    """Raw 16-byte ids (not UTF-8) go through the duplicate check and reach the output unchanged."""
+    ids = [bytes([k, 0xFF, 0xFE]) + bytes(13) for k in range(6)] + [bytes([2, 0xFF, 0xFE]) + bytes(13)]
+    pq.write_table(
+        pa.table({"id": pa.array(ids, pa.binary(16)), "text": [f"text {k}" for k in range(7)]}),
+        str(tmp_path / "in.parquet"),
+    )
+    out = str(tmp_path / "out")
+    summary = run_job(
+        spec_for(tiny_st_model, str(tmp_path / "in.parquet"), out, on_bad_row="quarantine"), progress=False
+    )
+    assert summary["rows_written"] == 6 and summary["quarantined"] == 1
+    assert sorted(pq.read_table(out).column("id").to_pylist()) == sorted(ids[:6])
+    errors = pq.read_table(os.path.join(out, "_errors")).to_pylist()
+    assert [(e["row"], e["reason"]) for e in errors] == [(6, "duplicate id (first at in.parquet row 2)")]
+
+
+def test_a_nested_id_column_is_refused_naming_the_field(tmp_path, tiny_st_model):
+    pq.write_table(pa.table({"id": [[1], [2]], "text": ["a", "b"]}), str(tmp_path / "in.parquet"))
+    with pytest.raises(PlanError, match=r"input\.id_column: column 'id' in .*in\.parquet has type list"):
+        run_job(spec_for(tiny_st_model, str(tmp_path / "in.parquet"), str(tmp_path / "out")), progress=False)

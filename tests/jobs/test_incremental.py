@@ -83,12 +83,12 @@ def by_id(table: pa.Table) -> pa.Table:
 
 @pytest.fixture
 def small_buckets(monkeypatch):
-    """Many id buckets, reuse folders and gather tasks on a small input, so each path crosses boundaries."""
+    """Many id buckets and gather tasks on a small input, so each path crosses boundaries (the second run's
+    larger input also splits each of the previous index's buckets in two)."""
     import jobs.index
     import jobs.keypass
 
     monkeypatch.setenv("EMBEDJOB_IDS_PER_BUCKET", "40")
-    monkeypatch.setattr(jobs.keypass, "SHARDS_PER_GROUP", 3)
     monkeypatch.setattr(jobs.keypass, "GATHER_BYTES", 2 * 25 * 32 * 4)  # two previous parts per gather task
     monkeypatch.setattr(jobs.keypass, "ROWS_PER_SCAN", 60)
     monkeypatch.setattr(jobs.index, "ROWS_PER_INDEX_TASK", 60)
