@@ -25,6 +25,11 @@ from jobs.write import shard_table
 # The model fields that decide what an actor loads; the rest of a spec may change from task to task.
 LOADING_FIELDS = ("name", "revision", "model_kwargs", "max_seq_length", "trust_remote_code", "allow_pickle")
 PREFETCH = 2  # batches read ahead of the forward pass
+# One schema for every shard's _errors file, so the folder reads as one table even when a shard's
+# quarantined rows all have null ids.
+ERRORS_SCHEMA = pa.schema(
+    [("id", pa.string()), ("file", pa.string()), ("row", pa.int64()), ("reason", pa.string())]
+)
 BATCHES_PER_READ = 8  # encode() length-sorts within a call, so bigger calls pad less
 
 
@@ -211,7 +216,7 @@ class ShardWorker:
         )
         err = None
         if errors:
-            err = pa.table({k: [e[k] for e in errors] for k in ("id", "file", "row", "reason")})
+            err = pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA)
         counts = {
             "embedded": filled - reused,
             "reused": reused,
