@@ -51,11 +51,51 @@ def weights_fingerprint(folder: str) -> str:
     return h.hexdigest()
 
 
-def settings_fingerprint(weights: str, model_spec: dict[str, Any], describe: Any) -> str:
-    """Hash of everything that changes a vector: weights, pipeline, prompt, normalisation, precision, length."""
-    affecting = {
-        k: v for k, v in model_spec.items() if k not in ("name", "trust_remote_code", "allow_pickle")
-    }
+# Every field of a job spec, by whether it can change a row's vector. The settings fingerprint covers the
+# first group, so a resume or a --previous reuse never mixes vectors made differently; tests/jobs/
+# test_fingerprint.py checks that every spec field is in exactly one group.
+VECTOR_FIELDS = (
+    "model.revision",
+    "model.model_kwargs",
+    "model.prompt_name",
+    "model.prompt",
+    "model.task",
+    "model.normalize",
+    "model.truncate_dim",
+    "model.precision",
+    "model.max_seq_length",
+    "model.trust_remote_code",
+    "policy.max_text_chars",
+)
+NEUTRAL_FIELDS = {
+    "model.name": "the weights fingerprint hashes the folder the name resolves to",
+    "model.allow_pickle": "the weights fingerprint hashes the weight files however they load",
+    "input.*": "which rows are read, not how a row is embedded",
+    "output.*": "where and how the rows are written",
+    "compute.replicas": "how many model copies",
+    "compute.gpus_per_replica": "resources of a copy",
+    "compute.cpus_per_replica": "resources of a copy",
+    "compute.batch_size": "batching: vectors agree within float rounding (the parity bound, 1e-6)",
+    "compute.max_batch_tokens": "batching: vectors agree within float rounding (the parity bound, 1e-6)",
+    "compute.device": "CPU and GPU vectors agree within the parity bound at float32",
+    "compute.in_flight_per_replica": "scheduling",
+    "policy.on_bad_row": "which rows are embedded, not how (the spec fingerprint covers it)",
+    "policy.retries": "storage retries",
+    "policy.shard_attempts": "replica retries",
+    "previous": "where vectors are reused from; reuse itself needs equal settings",
+}
+
+
+def settings_fingerprint(weights: str, spec: dict[str, Any], describe: Any, max_chars: int | None) -> str:
+    """Hash of everything that changes a vector: the weights, the pipeline and every field of VECTOR_FIELDS.
+
+    `max_chars` is the character cut in effect (policy.max_text_chars, or the model's default cut).
+    """
+    values = {}
+    for dotted in VECTOR_FIELDS:
+        section, name = dotted.split(".")
+        values[dotted] = spec[section][name]
+    values["policy.max_text_chars"] = max_chars
     # Where the folder sits and which device ran it do not change what a vector means.
     pipeline = {k: v for k, v in (describe or {}).items() if k not in ("model_path", "device")}
-    return digest(weights, affecting, pipeline, size=16)
+    return digest(weights, values, pipeline, size=16)

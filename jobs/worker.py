@@ -84,8 +84,9 @@ class ShardWorker:
         """What _job.json records about the model under `spec`: fingerprints, dimension, dtype, pooling, limits."""
         if spec is not None:
             self._use(spec)
-        model_spec = self.spec.to_dict()["model"]
-        key = digest(model_spec)
+        spec_dict = self.spec.to_dict()
+        model_spec = spec_dict["model"]
+        key = digest(model_spec, self.max_chars)
         if key not in self._info:
             probe = self._encode(["probe"])
             describe = self.model.describe() if hasattr(self.model, "describe") else {}
@@ -94,7 +95,7 @@ class ShardWorker:
             self._info[key] = {
                 "model_path": str(self.model.model_path),
                 "weights_fingerprint": weights,
-                "settings_fingerprint": settings_fingerprint(weights, model_spec, describe),
+                "settings_fingerprint": settings_fingerprint(weights, spec_dict, describe, self.max_chars),
                 "dimension": int(probe.shape[1]),
                 "dtype": str(probe.dtype),
                 "model_dimension": int(self.model.get_embedding_dimension() or probe.shape[1]),

@@ -1,0 +1,65 @@
+"""The settings fingerprint: every spec field either changes it or cannot change a vector."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from jobs.fingerprint import NEUTRAL_FIELDS, VECTOR_FIELDS, settings_fingerprint
+from jobs.spec import JobSpec
+
+# A value other than the default for each field that can change a vector.
+CHANGED = {
+    "model.revision": "v2",
+    "model.model_kwargs": {"dtype": "bfloat16"},
+    "model.prompt_name": "query",
+    "model.prompt": "query: ",
+    "model.task": "document",
+    "model.normalize": True,
+    "model.truncate_dim": 8,
+    "model.precision": "int8",
+    "model.max_seq_length": 16,
+    "model.trust_remote_code": True,
+    "policy.max_text_chars": 20,
+}
+
+
+def spec_fields() -> list[str]:
+    out = ["previous"]
+    for section in dataclasses.fields(JobSpec):
+        if dataclasses.is_dataclass(section.default_factory):
+            out += [f"{section.name}.{f.name}" for f in dataclasses.fields(section.default_factory)]
+    return out
+
+
+def test_every_spec_field_is_fingerprinted_or_named_neutral():
+    for dotted in spec_fields():
+        section = dotted.split(".")[0]
+        neutral = dotted in NEUTRAL_FIELDS or f"{section}.*" in NEUTRAL_FIELDS
+        assert (dotted in VECTOR_FIELDS) != neutral, f"{dotted}: in both groups or in neither"
+    assert set(CHANGED) == set(VECTOR_FIELDS)
+
+
+@pytest.mark.parametrize("dotted", VECTOR_FIELDS)
+def test_each_vector_field_changes_the_fingerprint(dotted):
+    base = JobSpec.from_dict({"model": "m", "input": {"uri": "in"}, "output": {"uri": "out"}}).to_dict()
+    section, name = dotted.split(".")
+    changed = {**base, section: {**base[section], name: CHANGED[dotted]}}
+    cut = lambda d: d["policy"]["max_text_chars"] or 65536  # noqa: E731 - the effective cut
+    before = settings_fingerprint("w", base, {"modules": []}, cut(base))
+    after = settings_fingerprint("w", changed, {"modules": []}, cut(changed))
+    assert before != after, dotted
+
+
+def test_a_resume_with_another_character_cut_is_refused(tmp_path, tiny_st_model, jobio, jobkit, ray_session):
+    """Once accepted: 199 of 600 vectors came from text cut to 20 characters."""
+    from jobs import run_job
+    from jobs.manifest import OutputConflict
+
+    jobkit.write_files(str(tmp_path / "in"), jobio.corpus(20, seed=41), files=1, row_group_size=10)
+    out = str(tmp_path / "out")
+    run_job(jobkit.job_spec(tiny_st_model, str(tmp_path / "in"), out), progress=False, keep_warm=True)
+    cut = jobkit.job_spec(tiny_st_model, str(tmp_path / "in"), out, policy={"max_text_chars": 20})
+    with pytest.raises(OutputConflict, match="embedding settings"):
+        run_job(cut, progress=False, keep_warm=True)
