@@ -146,7 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     print_summary(summary)
     # 3: finished, but some rows were quarantined (see OUT/_errors/); scripts can tell that from a clean run.
-    return 3 if summary.get("quarantined") else 0
+    return 3 if summary.get("total", summary).get("quarantined") else 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

@@ -52,9 +52,9 @@ class Progress:
         rows_in = _total(records, "rows_in")
         self.shards += records.num_rows
         self.rows += rows_in
-        self.counts["skipped_shards"] += records.num_rows
-        for key in ("embedded", "reused", "quarantined"):
-            self.counts[key] += _total(records, key)
+        self.counts["skipped_shards"] += (
+            records.num_rows
+        )  # their rows count in the output's total, not this run's
         if self._bar is not None:
             self._bar.update(rows_in)
             self._bar.set_description(f"shards {self.shards}/{self.total_shards}")
@@ -109,15 +109,25 @@ class Progress:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """A short human-readable summary of a finished job."""
-    return (
-        f"done: {summary['rows']:,} rows in {summary['shards']} shards -> {summary['output']}\n"
-        f"  embedded {summary['embedded']:,}, reused {summary['reused']:,}, deleted {summary.get('deleted', 0):,}, "
-        f"quarantined {summary['quarantined']:,} (shards already committed: {summary['skipped_shards']})\n"
+    """A short human-readable summary of a finished job: this run's work, then the output's totals."""
+    total = summary.get("total", summary)
+    lines = [
+        f"done: {summary['rows']:,} rows in {summary['shards']} shards -> {summary['output']}",
+        f"  this run: embedded {summary['embedded']:,}, reused {summary['reused']:,}, "
+        f"quarantined {summary['quarantined']:,}, deleted {summary.get('deleted', 0):,}",
+    ]
+    if summary.get("skipped_shards"):
+        lines.append(
+            f"  the output: embedded {total['embedded']:,}, reused {total['reused']:,}, quarantined "
+            f"{total['quarantined']:,} ({summary['skipped_shards']} shards committed by an earlier run)"
+        )
+    lines += [
         f"  rows: {summary['rows']:,} in = {summary.get('rows_written', 0):,} written"
-        f" + {summary['quarantined']:,} quarantined\n"
-        f"  {summary['seconds']:.1f} s, {summary['rows_per_s'] or 0:,.1f} rows/s, {summary['tokens_per_s'] or 0:,.0f} tokens/s"
-    )
+        f" + {total['quarantined']:,} quarantined",
+        f"  {summary['seconds']:.1f} s, {summary['rows_per_s'] or 0:,.1f} rows/s, "
+        f"{summary['tokens_per_s'] or 0:,.0f} tokens/s",
+    ]
+    return "\n".join(lines)
 
 
 def output_progress(store: OutputStore) -> dict[str, Any] | None:

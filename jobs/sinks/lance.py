@@ -218,8 +218,8 @@ class LanceSink(ParquetSink):
                     width = ds.schema.field("embedding").type.list_size
                     kwargs["num_sub_vectors"] = next(d for d in (16, 8, 4, 2, 1) if width % d == 0)
                 ds.create_index("embedding", INDEX_TYPES[self.vector_index], replace=True, **kwargs)
-        totals = {k: int(sum(records.column(k).to_pylist())) for k in ("embedded", "reused", "quarantined")}
-        summary = {**summary, **totals, "rows_written": written, "indexed": None, "output": self.uri}
+        total = {k: int(sum(records.column(k).to_pylist())) for k in ("embedded", "reused", "quarantined")}
+        summary = {**summary, "total": total, "rows_written": written, "indexed": None, "output": self.uri}
         summary["lance_version"] = self._dataset().version if rows else None
         self.store.write_json("_SUCCESS", {**summary, "plan_fingerprint": plan.fingerprint})
         self.store.remove_dir("_work")

@@ -131,8 +131,9 @@ class ParquetSink(Sink):
         index = self.store.read_json(f"{INDEX_DIR}/{INDEX_META}")
         if not index or (index.get("rows"), index.get("parts")) != (totals["rows"], records.num_rows):
             index = build_index(self.store, records, self.store, INDEX_DIR)
-        summary = {**summary, **{k: totals[k] for k in ("embedded", "reused", "quarantined")}}
-        summary.update(rows_written=totals["rows"], indexed=index["rows"], output=self.uri)
+        total = {k: totals[k] for k in ("embedded", "reused", "quarantined")}
+        summary = {**summary, "total": total, "rows_written": totals["rows"], "indexed": index["rows"]}
+        summary["output"] = self.uri
         self.store.write_json(SUCCESS_FILE, {**summary, "plan_fingerprint": plan.fingerprint})
         self.store.remove_dir(WORK_DIR)
         self.store.remove_tmp()
