@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
 import time
@@ -107,9 +108,20 @@ CORRUPT_DATA_MARKERS = (
 )
 
 
+# Storage errors that the next attempt meets again: no access, a read-only filesystem, a full disk or quota.
+PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
+
+
+def is_denied_or_full(error: BaseException) -> bool:
+    """Whether `error` says the storage refuses the request for good (access, read-only, no space)."""
+    return isinstance(error, PermissionError) or (
+        isinstance(error, OSError) and error.errno in PERMANENT_ERRNOS
+    )
+
+
 def is_transient(error: BaseException, retry_on: tuple[type[BaseException], ...] = TRANSIENT) -> bool:
     """Whether `error` is worth another attempt: one of `retry_on` and not a permanent kind."""
-    if not isinstance(error, retry_on) or isinstance(error, PERMANENT):
+    if not isinstance(error, retry_on) or isinstance(error, PERMANENT) or is_denied_or_full(error):
         return False
     message = str(error)
     return not any(marker in message for marker in CORRUPT_DATA_MARKERS)
@@ -128,9 +140,13 @@ def call_with_retries(
         try:
             return fn()
         except BaseException as error:
+            if is_denied_or_full(error):
+                raise StorageError(
+                    f"{what}: {_describe(error)} (not retried: the storage refuses it for good)"
+                ) from error
             if not is_transient(error, retry_on):
-                # Permanent errors (missing object, access denied, bad argument) and anything unexpected
-                # propagate unchanged, so callers can still tell FileNotFoundError from the rest.
+                # Other permanent errors (missing object, bad argument) and anything unexpected propagate
+                # unchanged, so callers can still tell FileNotFoundError from the rest.
                 raise
             if attempt == policy.attempts:
                 raise StorageError(

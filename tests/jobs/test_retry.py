@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 
 import pytest
@@ -46,9 +47,7 @@ def test_final_failure_names_what_and_attempts_and_cause():
     assert fn.calls == 3
 
 
-@pytest.mark.parametrize(
-    "error", [FileNotFoundError("gone"), PermissionError("denied"), ValueError("bad"), KeyError("k")]
-)
+@pytest.mark.parametrize("error", [FileNotFoundError("gone"), ValueError("bad"), KeyError("k")])
 def test_permanent_errors_are_not_retried(error):
     fn = Flaky(error)
     with pytest.raises(type(error)):
@@ -131,3 +130,21 @@ def test_corrupt_parquet_errors_are_not_retried():
     with pytest.raises(OSError, match="thrift|decompression"):
         call_with_retries(read, what="x", policy=RetryPolicy(attempts=5), sleep=no_sleep)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PermissionError("Forbidden"),
+        OSError(errno.EROFS, "Read-only file system"),
+        OSError(errno.ENOSPC, "No space left on device"),
+        OSError(errno.EACCES, "Permission denied"),
+    ],
+)
+def test_denied_read_only_and_full_are_not_retried_and_name_the_object(error):
+    fn = Flaky(error)
+    with pytest.raises(StorageError, match=r"^output s3://b/out/part-1\.parquet: write: .*not retried"):
+        call_with_retries(
+            fn, what="output s3://b/out/part-1.parquet: write", policy=RetryPolicy(attempts=5), sleep=no_sleep
+        )
+    assert fn.calls == 1
