@@ -5,6 +5,8 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
+from jobs.spec import SpecError
+
 _GLOB_CHARS = "*?["
 
 
@@ -38,7 +40,7 @@ def check_separate(
     output_options: dict[str, Any] | None,
     previous_uri: str | None = None,
 ) -> None:
-    """Refuse an output that is, is inside, or contains the input (or the --previous output); raises ValueError."""
+    """Refuse an output that is, is inside, or contains the input (or the --previous output): a SpecError."""
     out_proto, out_path = _location(output_uri, output_options)
     others = [("input.uri", input_uri, input_options), ("previous", previous_uri, output_options)]
     for field, uri, options in others:
@@ -48,7 +50,25 @@ def check_separate(
         how = overlap(out_path, path) if proto == out_proto else None
         if how:
             what = {"the same": "is the same folder as", "inside": "is inside", "contains": "contains"}[how]
-            raise ValueError(
+            raise SpecError(
                 f"output.uri: {output_uri} {what} {field} {uri}; an output must be a folder of its own "
                 "(its part files would be read as input, and --overwrite would delete the input)"
             )
+
+
+def check_local_paths(model_name: str, output_uri: str) -> None:
+    """Before Ray starts and a model loads: a local model folder exists, a local output can be written."""
+    import os
+
+    if model_name.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(model_name)):
+        raise SpecError(
+            f"model.name: {model_name} does not exist (a local folder, a hub id, or python-package:NAME)"
+        )
+    if "://" in output_uri and not output_uri.startswith("file://"):
+        return
+    path = os.path.abspath(output_uri.removeprefix("file://"))
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK):
+        raise SpecError(f"output.uri: {output_uri} cannot be written here ({parent} is not writable)")

@@ -14,7 +14,7 @@ from jobs.manifest import (
     OutputConflict,
     job_metadata,
 )
-from jobs.paths import check_separate
+from jobs.paths import check_local_paths, check_separate
 from jobs.plan import plan_job
 from jobs.pool import connect_ray, first_info, get_pool, release_pool
 from jobs.progress import Progress, format_summary
@@ -77,6 +77,7 @@ def run_job(
 
     spec = absolutize(as_spec(spec))
     register_secrets_in(spec.to_dict())
+    check_local_paths(spec.model.name, spec.output.uri)
     if spec.input.uri:
         check_separate(
             spec.output.uri,

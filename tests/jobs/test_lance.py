@@ -52,8 +52,9 @@ def test_lance_output_holds_every_row_once_with_an_index(tmp_path, tiny_st_model
         if t and "__lance_commit_message" in (t.transaction_properties or {})
     ]
     assert len(shard_versions) == summary["shards"] == 9
-    kinds = {i["type"] if isinstance(i, dict) else getattr(i, "index_type", "") for i in ds.list_indices()}
-    assert any("IVF" in str(k) or "PQ" in str(k) for k in kinds), kinds
+    indexed = {tuple(d.field_names): (d.type_url, d.num_rows_indexed) for d in ds.describe_indices()}
+    assert indexed[("embedding",)] == ("/lance.index.pb.VectorIndexDetails", 300)
+    assert indexed[("id",)] == ("/lance.table.BTreeIndexDetails", 300)
     assert json.load(open(os.path.join(out, "_embedjob", "_SUCCESS")))["rows_written"] == 300
 
 

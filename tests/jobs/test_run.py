@@ -173,3 +173,14 @@ def test_overwrite_deletes_only_what_an_output_consists_of(tmp_path, tiny_st_mod
         run_job(spec, progress=False, keep_warm=True)
     summary = run_job(spec, progress=False, keep_warm=True, overwrite=True)
     assert summary["rows_written"] == 10 and not (out / "part-00000-x.parquet").exists()
+
+
+def test_a_missing_model_folder_fails_before_ray(tmp_path, capsys):
+    """Named at once, with exit 2, instead of after Ray's start and a failed model load in a replica."""
+    from jobs.cli import main
+
+    pq.write_table(pa.table({"id": ["a"], "text": ["x"]}), str(tmp_path / "in.parquet"))
+    code = main(["run", "--model", str(tmp_path / "no-model"), "--input", str(tmp_path / "in.parquet"),
+                 "--output", str(tmp_path / "out"), "--no-progress"])  # fmt: skip
+    assert code == 2 and f"model.name: {tmp_path / 'no-model'} does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
