@@ -11,6 +11,8 @@ Outcomes (docs/data-quality.md has the full table):
 
 from __future__ import annotations
 
+import itertools
+import re
 from typing import Any, Literal
 
 BadRowPolicy = Literal["fail", "quarantine"]
@@ -79,7 +81,7 @@ def check_texts(values: list, *, max_chars: int | None) -> tuple[list[str], list
             continue
         assert text is not None
         if max_chars is not None and len(text) > max_chars:
-            text = text[:max_chars]
+            text = cut_text(text, max_chars)
         good.append(text)
     return good, bad
 
@@ -95,6 +97,20 @@ def raw_text_values(column: Any) -> list[Any]:
     elif pa.types.is_large_string(column.type):
         column = column.cast(pa.large_binary())
     return column.to_pylist()
+
+
+# Characters a tokenizer drops or merges: whitespace (any run of it splits words the same way) and the
+# zero-width ones. They never make a token of their own, so they do not count towards the cut.
+_VISIBLE = re.compile(r"[^\s\u200b\u200c\u200d\u2060\ufeff]")
+
+
+def cut_text(text: str, max_chars: int) -> str:
+    """`text` up to its `max_chars`-th visible character (whitespace and zero-width characters not counted).
+
+    A text that starts with 100,000 newlines keeps the words after them, as the tokenizer would see them.
+    """
+    match = next(itertools.islice(_VISIBLE.finditer(text), max_chars - 1, None), None)
+    return text if match is None else text[: match.end()]
 
 
 def check_ids(values: list) -> list[tuple[int, str]]:

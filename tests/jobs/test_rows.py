@@ -102,3 +102,23 @@ def test_duplicate_ids_point_at_first_occurrence():
     assert duplicate_ids(["a", "b", "a", None, None, "c", "b", "a"]) == [(2, 0), (6, 1), (7, 0)]
     assert duplicate_ids(pa.chunked_array([[1, 2], [3, 1, 2, 2]])) == [(3, 0), (4, 1), (5, 1)]
     assert duplicate_ids([]) == [] and duplicate_ids([1, 2, 3]) == []
+
+
+@pytest.mark.parametrize("lead", [" ", "\n", "\u200b", "\u200b \n\t"])
+def test_the_cut_keeps_the_words_after_a_long_run_of_whitespace(oracle, lead):
+    """Texts over the cut that start with whitespace or zero-width characters once embedded as empty text
+    (cosine 0.01 against the full text): the cut now counts only characters a tokenizer keeps."""
+    import numpy as np
+
+    from jobs.rows import check_texts, default_max_chars
+
+    max_chars = default_max_chars(32)  # the tiny model's 32-token limit: 8,192 characters
+    words = "the cat sat on the mat with a big red bird " * 400  # 13,600 visible characters
+    text = lead * (max_chars // len(lead) + 500) + words
+    (cut,), bad = check_texts([text], max_chars=max_chars)
+    assert not bad and len(cut) < len(text) and cut.startswith(lead * 100)
+    assert len(cut.strip(" \n\t\u200b")) > max_chars // 2  # the words survive the cut
+    full, ours = oracle([text])[0], oracle([cut])[0]
+    cos = float(full @ ours / (np.linalg.norm(full) * np.linalg.norm(ours)))
+    assert cos >= 0.99999
+    assert float(np.abs(full - oracle([""])[0]).max()) > 1e-3  # the full text is not embedded as empty
