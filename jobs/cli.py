@@ -251,7 +251,11 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def format_status(p: dict) -> str:
     """One human-readable paragraph of an output's progress."""
-    state = "complete" if p["complete"] else "in progress (or stopped)"
+    state = (
+        "complete"
+        if p["complete"]
+        else ("running" if p.get("running") else "stopped before the end (rerun to resume)")
+    )
     lines = [
         f"{p['output']}: {state}",
         f"  shards {p['shards_committed']:,} of {p['shards_total']:,} committed; "

@@ -13,6 +13,7 @@ from jobs.sinks import Sink
 from jobs.spec import JobSpec
 
 if TYPE_CHECKING:
+    from jobs.lease import Lease
     from jobs.pool import ReplicaPool, _Slot
 
 PROBE_INTERVAL_S = 0.5
@@ -30,6 +31,7 @@ def dispatch(
     sink: Sink,
     reuse: bool,
     keys: KeyPassResult,
+    lease: Lease | None = None,
 ) -> None:
     """Keep every healthy replica busy (a bounded number of shards in flight each) until all shards are committed.
 
@@ -52,6 +54,8 @@ def dispatch(
     depth = spec.compute.in_flight_per_replica
     spec_ref = ray.put(spec.to_dict())  # one copy in the object store, not one per task
     while pending or in_flight:
+        if lease is not None:
+            lease.check()  # another run took the output over: stop before writing more
         now = time.monotonic()
         for slot in pool.slots:
             if slot.recovering and slot.probe is None and now >= slot.probe_at:

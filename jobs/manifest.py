@@ -257,12 +257,14 @@ class OutputStore:
                 "--overwrite deletes only an output's own files: choose an empty folder, or remove them yourself"
             )
 
-    def clear(self) -> None:
-        """Delete what an embedjob output consists of (for --overwrite); refuses when anything else is there."""
+    def clear(self, keep: tuple[str, ...] = ("_lease.json",)) -> None:
+        """Delete what an embedjob output consists of (for --overwrite) but the names in `keep` (this run's
+        lease); refuses when anything else is there."""
         self.refuse_foreign()
         if self.fs.exists(self.root):
             for entry in self.fs.ls(self.root, detail=False):
-                self.fs.rm(entry, recursive=True)
+                if posixpath.basename(entry.rstrip("/")) not in keep:
+                    self.fs.rm(entry, recursive=True)
 
     def remove_tmp(self) -> None:
         """Drop staging leftovers (half-written files of killed runs are never read)."""

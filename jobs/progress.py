@@ -151,9 +151,12 @@ def output_progress(store: OutputStore) -> dict[str, Any] | None:
         span = pc.max(ends).as_py() - pc.min(starts).as_py()
         rate = rows_in / span if span > 0 else None
     remaining = rows_total - rows_in
+    from jobs.lease import is_live, read_lease
+
     return {
         "output": store.uri,
         "complete": success is not None,
+        "running": success is None and is_live(read_lease(store)),
         "shards_total": int(plan["shards"]),
         "shards_committed": records.num_rows,
         "rows_total": rows_total,

@@ -9,6 +9,7 @@ from jobs.dispatch import JobError, dispatch
 from jobs.fingerprint import digest
 from jobs.index import PreviousOutput
 from jobs.keypass import KeyPassResult, run_key_pass
+from jobs.lease import Lease
 from jobs.manifest import (
     SUCCESS_FILE,
     OutputConflict,
@@ -73,7 +74,6 @@ def run_job(
     keep_warm: leave the model replicas running for the next run_job of this process with the same model
     (notebooks, tests); the default frees them when the job ends.
     """
-    import ray
 
     spec = absolutize(as_spec(spec))
     register_secrets_in(spec.to_dict())
@@ -89,6 +89,29 @@ def run_job(
     policy = RetryPolicy(attempts=spec.policy.retries)
     sink = open_sink(spec, policy)
     existing = sink.existing_job(overwrite)
+    lease = Lease(sink.store)
+    lease.acquire()  # one runner per output: a second one is refused while this one's heartbeat is fresh
+    try:
+        return _run(spec, sink, existing, lease, overwrite, address, progress, log_file, keep_warm)
+    finally:
+        lease.release()
+
+
+def _run(
+    spec: JobSpec,
+    sink: Any,
+    existing: dict[str, Any] | None,
+    lease: Lease,
+    overwrite: bool,
+    address: str | None,
+    progress: bool,
+    log_file: str | None,
+    keep_warm: bool,
+) -> dict[str, Any]:
+    """run_job once the output is held: plan, replicas, key pass, dispatch, completion."""
+    import ray
+
+    policy = RetryPolicy(attempts=spec.policy.retries)
     plan = plan_job(spec)
     previous = (
         PreviousOutput(spec.previous_uri, spec.output.storage_options, policy) if spec.previous_uri else None
@@ -138,7 +161,7 @@ def run_job(
         if committed:
             bar.resumed(sink.records())
         try:
-            dispatch(pool, todo, spec, bar, sink, reuse and keys.matched > 0, keys)
+            dispatch(pool, todo, spec, bar, sink, reuse and keys.matched > 0, keys, lease)
         except BaseException as e:
             bar.event("job_failed", **sink.on_write_failed(e))
             raise

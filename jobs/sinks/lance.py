@@ -122,7 +122,9 @@ class LanceSink(ParquetSink):
             fs, root = self.dataset_store.fs, self.dataset_store.root
             if fs.exists(root):
                 for entry in fs.ls(root, detail=False):
-                    fs.rm(entry, recursive=True)
+                    if posixpath.basename(entry.rstrip("/")) != META_DIR:
+                        fs.rm(entry, recursive=True)
+            self.store.clear()  # the metadata folder, but this run's lease
         else:
             super().prepare(existing, job, overwrite)
 

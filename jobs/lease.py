@@ -1,0 +1,129 @@
+"""One runner per output: a lease file taken by a conditional create and kept alive by a heartbeat.
+
+A second runner is refused while the first one's heartbeat is fresh, and takes the output over once the
+lease has expired (the first runner died). The create is atomic where the storage offers it: O_EXCL on
+local disk, If-None-Match on S3; elsewhere the lease is written and read back, which narrows the race to
+two runners starting within the same instant. `status` reads the same file to tell "running" from
+"stopped".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+from jobs.manifest import OutputConflict, OutputStore
+from jobs.write import is_local
+
+LEASE_FILE = "_lease.json"
+TTL_S = 60.0  # a lease not renewed for this long belongs to a runner that is gone
+HEARTBEAT_S = 15.0
+
+
+def read_lease(store: OutputStore) -> dict[str, Any] | None:
+    """The output's lease, or None."""
+    return store.read_json(LEASE_FILE)
+
+
+def is_live(lease: dict[str, Any] | None, now: float | None = None) -> bool:
+    """Whether a lease's heartbeat is fresh (its runner is still at work)."""
+    if not lease:
+        return False
+    return (now or time.time()) - float(lease.get("heartbeat_at", 0)) < float(lease.get("ttl_s", TTL_S))
+
+
+class Lease:
+    """This runner's hold on one output: `acquire()`, then a heartbeat thread until `release()`."""
+
+    def __init__(self, store: OutputStore, ttl_s: float = TTL_S, heartbeat_s: float = HEARTBEAT_S):
+        self.store, self.ttl_s, self.heartbeat_s = store, ttl_s, heartbeat_s
+        self.owner = uuid.uuid4().hex
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _body(self) -> bytes:
+        now = time.time()
+        lease = {
+            "owner": self.owner,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "heartbeat_at": now,
+            "ttl_s": self.ttl_s,
+        }
+        return json.dumps(lease).encode("utf-8")
+
+    def _create(self) -> bool:
+        """Create the lease file if there is none; False when another runner's file is there."""
+        path = self.store.path(LEASE_FILE)
+        fs = self.store.fs
+        if is_local(fs):
+            fs.makedirs(self.store.root, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(self._body())
+            return True
+        try:
+            fs.pipe_file(path, self._body(), mode="create")
+        except FileExistsError:
+            return False
+        except Exception as e:  # noqa: BLE001 - a 412 Precondition Failed arrives as another error on some stores
+            if "PreconditionFailed" in repr(e) or "412" in str(e):
+                return False
+            raise
+        held = read_lease(self.store)
+        return bool(held and held.get("owner") == self.owner)
+
+    def acquire(self) -> None:
+        """Take the output, or raise OutputConflict naming the runner that holds it."""
+        for _ in range(2):
+            if self._create():
+                break
+            held = read_lease(self.store)
+            if held is None:
+                continue  # released in the meantime
+            if is_live(held):
+                age = time.time() - float(held.get("heartbeat_at", 0))
+                raise OutputConflict(
+                    f"output.uri: {self.store.uri} is being written by another run (host {held.get('host')}, "
+                    f"pid {held.get('pid')}, heartbeat {age:.0f} s ago); wait for it, or, if that run is gone, "
+                    f"rerun after its lease expires ({held.get('ttl_s', TTL_S):.0f} s without a heartbeat)"
+                )
+            self.store.remove([LEASE_FILE])  # expired: its runner is gone; the next create decides who wins
+        else:
+            raise OutputConflict(f"output.uri: {self.store.uri}: another run took the lease at the same time")
+        self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                held = read_lease(self.store)
+                if not held or held.get("owner") != self.owner:
+                    self.lost = True  # taken over after we missed heartbeats: stop writing
+                    return
+                self.store.write_bytes(LEASE_FILE, self._body())
+            except Exception:  # noqa: BLE001 - a missed beat is retried at the next one
+                continue
+
+    def check(self) -> None:
+        """Raise OutputConflict when another runner took the output over (this one missed its heartbeats)."""
+        if self.lost:
+            raise OutputConflict(f"output.uri: {self.store.uri}: another run took over this output; stopping")
+
+    def release(self) -> None:
+        """Stop the heartbeat and delete the lease if it is still ours."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        held = read_lease(self.store)
+        if held and held.get("owner") == self.owner:
+            self.store.remove([LEASE_FILE])
