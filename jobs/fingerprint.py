@@ -79,6 +79,7 @@ NEUTRAL_FIELDS = {
     "compute.max_batch_tokens": "batching: vectors agree within float rounding (the parity bound, 1e-6)",
     "compute.device": "CPU and GPU vectors agree within the parity bound at float32",
     "compute.in_flight_per_replica": "scheduling",
+    "compute.wait_for_resources_s": "scheduling",
     "policy.on_bad_row": "which rows are embedded, not how (the spec fingerprint covers it)",
     "policy.retries": "storage retries",
     "policy.shard_attempts": "replica retries",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,47 @@ class _Slot:
     probe_at: float = 0.0
 
 
+def _asked(spec: JobSpec) -> dict[str, float]:
+    """The resources one replica asks for, as the user set them."""
+    c = spec.compute
+    gpus = c.gpus_per_replica if c.gpus_per_replica is not None else (1 if c.device == "cuda" else 0)
+    return {"CPU": c.cpus_per_replica, "GPU": gpus if c.device != "cpu" else 0}
+
+
+def _placeable(asked: dict[str, float]) -> tuple[bool, str]:
+    """Whether some alive node can hold one replica, and what the nodes offer (for the message)."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    ok = any(all(n.get(k, 0) >= v for k, v in asked.items() if v) for n in nodes)
+    offer = "; ".join(
+        f"node {k}: {n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU" for k, n in enumerate(nodes)
+    )
+    return ok, offer or "no alive nodes"
+
+
+def wait_until_placeable(spec: JobSpec) -> dict[str, float]:
+    """The cluster's resources once one replica fits on some node; a JobError naming what was asked and what
+    the nodes offer when none does (after compute.wait_for_resources_s, for an autoscaler to add nodes)."""
+    import ray
+
+    asked = _asked(spec)
+    deadline = time.monotonic() + (spec.compute.wait_for_resources_s or 0)
+    while True:
+        ok, offer = _placeable(asked)
+        if ok:
+            return ray.cluster_resources()
+        if time.monotonic() >= deadline:
+            want = ", ".join(f"{v:g} {k}" for k, v in asked.items() if v)
+            waited = spec.compute.wait_for_resources_s or 0
+            raise JobError(
+                f"compute: a replica asks for {want} (device {spec.compute.device!r}) and no node has that "
+                f"({offer}){f' after waiting {waited:g} s' if waited else ''}; lower compute.cpus_per_replica / "
+                "gpus_per_replica, set compute.device: cpu, or set compute.wait_for_resources_s for an autoscaler"
+            )
+        time.sleep(1.0)
+
+
 class ReplicaPool:
     """The model replicas (Ray actors), sized from the spec and the cluster's CPUs/GPUs."""
 
@@ -57,7 +99,7 @@ class ReplicaPool:
         from jobs.worker import ShardWorker
 
         c = spec.compute
-        resources = ray.cluster_resources()
+        resources = wait_until_placeable(spec)
         gpus = resources.get("GPU", 0)
         use_gpu = c.device == "cuda" or (c.device == "auto" and gpus > 0 and c.gpus_per_replica != 0)
         if use_gpu:

@@ -97,6 +97,7 @@ class ComputeSpec:
     max_batch_tokens: int | None = None
     device: str = "auto"
     in_flight_per_replica: int = 2
+    wait_for_resources_s: float | None = None  # wait this long for nodes that fit a replica (autoscaling)
 
 
 @dataclass
@@ -217,6 +218,8 @@ class JobSpec:
         _positive(c.max_batch_tokens, "compute.max_batch_tokens")
         _positive(c.in_flight_per_replica, "compute.in_flight_per_replica")
         _choice(c.device, DEVICES, "compute.device")
+        if c.wait_for_resources_s is not None and c.wait_for_resources_s < 0:
+            raise SpecError(f"compute.wait_for_resources_s: must be >= 0, got {c.wait_for_resources_s!r}")
         _choice(p.on_bad_row, BAD_ROW_POLICIES, "policy.on_bad_row")
         _positive(p.retries, "policy.retries")
         _positive(p.shard_attempts, "policy.shard_attempts")

@@ -184,3 +184,21 @@ def test_a_missing_model_folder_fails_before_ray(tmp_path, capsys):
                  "--output", str(tmp_path / "out"), "--no-progress"])  # fmt: skip
     assert code == 2 and f"model.name: {tmp_path / 'no-model'} does not exist" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("compute", "asked"),
+    [
+        ({"device": "cuda"}, "1 GPU"),
+        ({"gpus_per_replica": 1}, "1 GPU"),
+        ({"cpus_per_replica": 64}, "64 CPU"),
+    ],
+)
+def test_replicas_no_node_can_hold_fail_at_once(tmp_path, tiny_st_model, jobio, jobkit, compute, asked):
+    """Once hung forever with nothing printed (`--device cuda` on a CPU cluster) or ran on the CPU unasked."""
+    jobkit.write_files(str(tmp_path / "in"), texts_for(jobio, 10, seed=7), files=1, row_group_size=5)
+    spec = jobkit.job_spec(tiny_st_model, str(tmp_path / "in"), str(tmp_path / "out"), compute=compute)
+    with pytest.raises(
+        JobError, match=rf"compute: a replica asks for .*{asked}.*no node has that \(node 0: 2 CPU, 0 GPU\)"
+    ):
+        run_job(spec, progress=False, keep_warm=True)
