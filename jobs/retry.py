@@ -113,10 +113,16 @@ PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOS
 
 
 def is_denied_or_full(error: BaseException) -> bool:
-    """Whether `error` says the storage refuses the request for good (access, read-only, no space)."""
-    return isinstance(error, PermissionError) or (
-        isinstance(error, OSError) and error.errno in PERMANENT_ERRNOS
-    )
+    """Whether `error` says the storage refuses the request for good (access, credentials, read-only, space)."""
+    if isinstance(error, PermissionError) or (isinstance(error, OSError) and error.errno in PERMANENT_ERRNOS):
+        return True
+    # botocore's "no credentials found" and its kin are not OSErrors; the next attempt finds none either.
+    return type(error).__name__ in ("NoCredentialsError", "PartialCredentialsError", "InvalidAccessKeyId")
+
+
+def _options_field(what: str) -> str:
+    """The spec field holding the storage options of the object `what` names."""
+    return "input.storage_options" if what.startswith(("input", "shard")) else "output.storage_options"
 
 
 def is_transient(error: BaseException, retry_on: tuple[type[BaseException], ...] = TRANSIENT) -> bool:
@@ -142,7 +148,8 @@ def call_with_retries(
         except BaseException as error:
             if is_denied_or_full(error):
                 raise StorageError(
-                    f"{what}: {_describe(error)} (not retried: the storage refuses it for good)"
+                    f"{what}: {_describe(error)} (not retried: the storage refuses it for good; check the "
+                    f"credentials in {_options_field(what)} or the environment, access rights and free space)"
                 ) from error
             if not is_transient(error, retry_on):
                 # Other permanent errors (missing object, bad argument) and anything unexpected propagate

@@ -148,3 +148,17 @@ def test_denied_read_only_and_full_are_not_retried_and_name_the_object(error):
             fn, what="output s3://b/out/part-1.parquet: write", policy=RetryPolicy(attempts=5), sleep=no_sleep
         )
     assert fn.calls == 1
+
+
+def test_missing_credentials_name_the_object_and_the_field_never_the_secret():
+    from botocore.exceptions import NoCredentialsError
+
+    fn = Flaky(NoCredentialsError())
+    with pytest.raises(StorageError) as info:
+        call_with_retries(fn, what="output s3://b/out/_job.json: read", policy=RetryPolicy(), sleep=no_sleep)
+    message = str(info.value)
+    assert message.startswith("output s3://b/out/_job.json: read: NoCredentialsError")
+    assert "output.storage_options" in message and fn.calls == 1
+    fn = Flaky(PermissionError("Forbidden"))
+    with pytest.raises(StorageError, match=r"input\.storage_options"):
+        call_with_retries(fn, what="input s3://b/in/x.parquet: stat", policy=RetryPolicy(), sleep=no_sleep)
