@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from jobs.redact import register_secrets_in
 from jobs.spec import JobSpec, SpecError
 
 SHOWN_SHARDS = 50
@@ -117,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--job-id")
     status.add_argument("--address")
     status.add_argument("--json", action="store_true", help="print the progress as JSON")
+    status.add_argument(
+        "--storage-options",
+        help="the output's fsspec storage options as YAML, e.g. '{key: ..., secret: ...}' "
+        "(default: credentials from the environment)",
+    )
     search = sub.add_parser(
         "search", help="embed a query with the job's model and print the nearest rows of its output"
     )
@@ -124,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("query", help="the query text")
     search.add_argument("-k", type=int, default=10, help="how many rows (default 10)")
     search.add_argument("--json", action="store_true", help="print the hits as JSON")
+    search.add_argument("--storage-options", help="the output's fsspec storage options as YAML")
     try:
         from jobs import submit
     except ImportError:
@@ -216,7 +223,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from jobs.progress import output_progress
     from jobs.sinks import metadata_store
 
-    progress = output_progress(metadata_store(uri))
+    progress = output_progress(metadata_store(uri, _storage_options(args)))
     if progress is None:
         print(
             f"embedjob status: {uri}: no _plan.parquet: not an embedjob output, or not started",
@@ -230,6 +237,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _storage_options(args: argparse.Namespace) -> dict | None:
+    """--storage-options parsed as YAML (a mapping), or None."""
+    import yaml
+
+    if not getattr(args, "storage_options", None):
+        return None
+    options = yaml.safe_load(args.storage_options)
+    if not isinstance(options, dict):
+        raise SpecError(f"--storage-options: expected a YAML mapping, got {type(options).__name__}")
+    register_secrets_in({"storage_options": options})
+    return options
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from jobs.search import SearchError, search
 
@@ -237,7 +257,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"embedjob search: -k must be >= 1, got {args.k}", file=sys.stderr)
         return 2
     try:
-        hits = search(args.output_uri, args.query, args.k)
+        hits = search(args.output_uri, args.query, args.k, _storage_options(args))
     except SearchError as e:
         print(f"embedjob {e}", file=sys.stderr)
         return 1

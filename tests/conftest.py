@@ -19,6 +19,7 @@ Notes for code that writes to S3 through s3fs (checked against this server by te
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import socket
@@ -159,9 +160,9 @@ class S3Server:
         return f"s3://{bucket or self.buckets[0]}/{name}-{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
-    """Start `python -m moto.server` on 127.0.0.1:<free port>, create the buckets, stop it at the end."""
+@contextlib.contextmanager
+def moto_server(env: dict[str, str] | None = None) -> Iterator[tuple[str, S3Server]]:
+    """`python -m moto.server` on 127.0.0.1:<free port> with `env` added, its buckets made; stopped by PID."""
     pytest.importorskip("moto.server")
     pytest.importorskip("s3fs")
     port = _free_port()
@@ -171,6 +172,7 @@ def s3_server() -> Iterator[S3Server]:
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=log_file,
         stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
     )
     try:
         deadline = time.monotonic() + 30
@@ -216,7 +218,7 @@ def s3_server() -> Iterator[S3Server]:
         )
         for bucket in S3_BUCKETS:
             client.create_bucket(Bucket=bucket)
-        yield server
+        yield endpoint, server
     finally:
         proc.terminate()
         try:
@@ -225,6 +227,13 @@ def s3_server() -> Iterator[S3Server]:
             proc.kill()
             proc.wait()
         log_file.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """One moto S3 server for the session (no authentication, as moto runs by default)."""
+    with moto_server() as (_, server):
+        yield server
 
 
 @pytest.fixture
@@ -241,3 +250,9 @@ def jobio():
     import types
 
     return types.SimpleNamespace(corpus=corpus, write_parquet=write_parquet, read_output=read_output)
+
+
+@pytest.fixture(scope="session")
+def start_moto():
+    """moto_server as a fixture: `with start_moto(env) as (endpoint, server):` for a server of its own."""
+    return moto_server
