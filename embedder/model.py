@@ -14,6 +14,7 @@ import transformers
 
 from embedder import encode_loop, hub
 from embedder.modules import LoadOptions, Module, module_class, type_name_for
+from embedder.modules.base import read_json_file
 from embedder.modules.transformer import PACKED_KEY
 from embedder.quantize import Precision, check_precision, quantize_embeddings
 from embedder.similarity import (
@@ -401,11 +402,11 @@ def load_pipeline(
     root: str, options: LoadOptions
 ) -> tuple[OrderedDict[str, Module], dict[str, Any], dict[str, Any]]:
     """Modules, config_sentence_transformers.json and per-module kwargs from a folder (ST format or plain HF)."""
-    st_config = _read_json(os.path.join(root, ST_CONFIG_FILE)) or {}
+    st_config = read_json_file(os.path.join(root, ST_CONFIG_FILE)) or {}
     modules_file = os.path.join(root, MODULES_FILE)
     if not os.path.exists(modules_file):
         return _default_pipeline(root, options), st_config, {}
-    entries = _read_json(modules_file)
+    entries = read_json_file(modules_file)
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{modules_file}: expected a non-empty list of modules, got {entries!r:.200}")
     modules: OrderedDict[str, Module] = OrderedDict()
@@ -435,16 +436,6 @@ def _default_pipeline(root: str, options: LoadOptions) -> OrderedDict[str, Modul
         transformer.get_word_embedding_dimension(), pooling_mode="lasttoken" if causal else "mean"
     )
     return OrderedDict([("0", transformer), ("1", pooling)])
-
-
-def _read_json(file: str) -> Any:
-    if not os.path.exists(file):
-        return None
-    with open(file, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{file}: invalid JSON ({e})") from e
 
 
 def _write_json(file: str, obj: Any, sort_keys: bool = False) -> None:

@@ -31,10 +31,22 @@ def read_lease(store: OutputStore) -> dict[str, Any] | None:
 
 
 def is_live(lease: dict[str, Any] | None, now: float | None = None) -> bool:
-    """Whether a lease's heartbeat is fresh (its runner is still at work)."""
+    """Whether a lease's runner is still at work: its heartbeat is fresh and, on this host, its process lives."""
     if not lease:
         return False
+    if lease.get("host") == socket.gethostname() and not _pid_alive(lease.get("pid")):
+        return False  # killed on this machine: no need to wait for the heartbeat to expire
     return (now or time.time()) - float(lease.get("heartbeat_at", 0)) < float(lease.get("ttl_s", TTL_S))
+
+
+def _pid_alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, ValueError):
+        return True  # another user's process, or no pid recorded: assume alive
+    return True
 
 
 class Lease:
@@ -44,6 +56,7 @@ class Lease:
         self.store, self.ttl_s, self.heartbeat_s = store, ttl_s, heartbeat_s
         self.owner = uuid.uuid4().hex
         self.lost = False
+        self._made_root = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -63,7 +76,9 @@ class Lease:
         path = self.store.path(LEASE_FILE)
         fs = self.store.fs
         if is_local(fs):
-            fs.makedirs(self.store.root, exist_ok=True)
+            if not os.path.exists(self.store.root):
+                fs.makedirs(self.store.root, exist_ok=True)
+                self._made_root = True
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
@@ -127,3 +142,8 @@ class Lease:
         held = read_lease(self.store)
         if held and held.get("owner") == self.owner:
             self.store.remove([LEASE_FILE])
+        if self._made_root and is_local(self.store.fs):
+            try:
+                os.rmdir(self.store.root)  # the run wrote nothing: leave no empty folder behind
+            except OSError:
+                pass

@@ -89,16 +89,18 @@ def run_job(
     policy = RetryPolicy(attempts=spec.policy.retries)
     sink = open_sink(spec, policy)
     existing = sink.existing_job(overwrite)
+    plan = plan_job(spec)  # reads the input only: a bad input fails here, before the output is touched
     lease = Lease(sink.store)
     lease.acquire()  # one runner per output: a second one is refused while this one's heartbeat is fresh
     try:
-        return _run(spec, sink, existing, lease, overwrite, address, progress, log_file, keep_warm)
+        return _run(spec, plan, sink, existing, lease, overwrite, address, progress, log_file, keep_warm)
     finally:
         lease.release()
 
 
 def _run(
     spec: JobSpec,
+    plan: Any,
     sink: Any,
     existing: dict[str, Any] | None,
     lease: Lease,
@@ -112,7 +114,6 @@ def _run(
     import ray
 
     policy = RetryPolicy(attempts=spec.policy.retries)
-    plan = plan_job(spec)
     previous = (
         PreviousOutput(spec.previous_uri, spec.output.storage_options, policy) if spec.previous_uri else None
     )

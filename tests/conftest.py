@@ -69,9 +69,10 @@ def tiny_pickle_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     return helpers.add_st_files(path, max_seq_length=32)
 
 
-@pytest.fixture
-def ray_local():
-    """A local Ray (2 CPUs) shared by the tests that run jobs in-process; started on first use."""
+@pytest.fixture(scope="session")
+def ray_session():
+    """ONE local Ray (2 CPUs) for every test that runs jobs in-process: ray.init costs seconds and hundreds
+    of MiB. Stopped at the end of the session (pytest_sessionfinish)."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")

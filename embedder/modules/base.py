@@ -74,16 +74,20 @@ class InputModule(Module):
         return [len(t) for t in texts]
 
 
-def load_config(path: str, name: str = "config.json") -> dict[str, Any]:
-    """Read a module's JSON config; a missing file means an all-defaults config."""
-    file = os.path.join(path, name)
+def read_json_file(file: str, missing: Any = None) -> Any:
+    """A JSON file's content (`missing` when there is no such file); invalid JSON is a ValueError naming the file."""
     if not os.path.exists(file):
-        return {}
+        return missing
     with open(file, encoding="utf-8") as f:
         try:
             return json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{file}: invalid JSON ({e})") from e
+
+
+def load_config(path: str, name: str = "config.json") -> dict[str, Any]:
+    """Read a module's JSON config; a missing file means an all-defaults config."""
+    return read_json_file(os.path.join(path, name), missing={})
 
 
 def save_config(config: dict[str, Any], path: str, name: str = "config.json") -> None:

@@ -7,6 +7,8 @@ import os
 import string
 from collections.abc import Iterable
 
+from embedder.modules.base import read_json_file
+
 CONFIG_FILE = "whitespacetokenizer_config.json"
 # The class path we write into configs: the historical location every sentence-transformers version imports.
 CLASS_PATH = "sentence_transformers.models.tokenizer.WhitespaceTokenizer.WhitespaceTokenizer"
@@ -71,11 +73,7 @@ class WhitespaceTokenizer:
         file = os.path.join(path, CONFIG_FILE)
         if not os.path.exists(file):
             raise FileNotFoundError(f"{path}: no {CONFIG_FILE} (the WhitespaceTokenizer's vocabulary)")
-        with open(file, encoding="utf-8") as f:
-            try:
-                config = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{file}: invalid JSON ({e})") from e
+        config = read_json_file(file)
         return cls(
             vocab=config.get("vocab", []),
             stop_words=config.get("stop_words", []),

@@ -13,15 +13,6 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """ONE local Ray (2 CPUs) for every job test: ray.init costs seconds and hundreds of MiB."""
-    ray = pytest.importorskip("ray")
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    yield ray
-
-
-@pytest.fixture(scope="session")
 def oracle(tiny_st_model: str) -> Callable[..., np.ndarray]:
     """EmbeddingModel.encode of the tiny model in this process: what every job output must equal."""
     from embedder import EmbeddingModel

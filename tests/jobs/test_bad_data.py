@@ -16,7 +16,7 @@ from jobs.cli import main as cli_main
 from jobs.plan import PlanError
 from jobs.run import JobError, run_job
 
-pytestmark = pytest.mark.usefixtures("ray_local")
+pytestmark = pytest.mark.usefixtures("ray_session")
 
 
 def string_array_with_raw_bytes(values: list[bytes | None]) -> pa.Array:

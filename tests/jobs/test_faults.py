@@ -161,7 +161,7 @@ def _events(log_file) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_actor_dies_mid_shard(tmp_path, jobio, tiny_st_model, ray_local, rules):
+def test_actor_dies_mid_shard(tmp_path, jobio, tiny_st_model, ray_session, rules):
     """A worker process exits on the 2nd batch of shard 1: the shard is redone, the job completes."""
     import fsspec
 
@@ -180,7 +180,7 @@ def test_actor_dies_mid_shard(tmp_path, jobio, tiny_st_model, ray_local, rules):
 
 
 @pytest.mark.slow
-def test_transient_storage_errors_are_retried(s3_server, jobio, tiny_st_model, ray_local, rules):
+def test_transient_storage_errors_are_retried(s3_server, jobio, tiny_st_model, ray_session, rules):
     """Two failed writes of one shard's object and one failed read of an input file: retried, job completes."""
     from jobs.run import run_job
 
@@ -200,7 +200,7 @@ def test_transient_storage_errors_are_retried(s3_server, jobio, tiny_st_model, r
 
 @pytest.mark.slow
 def test_persistent_storage_error_stops_the_job_naming_shard_and_object(
-    s3_server, jobio, tiny_st_model, ray_local, rules
+    s3_server, jobio, tiny_st_model, ray_session, rules
 ):
     """Every write of shard 1's data object fails: the job stops naming it; committed shards stay valid."""
     from jobs.run import JobError, run_job

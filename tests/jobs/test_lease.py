@@ -94,3 +94,28 @@ def test_conditional_create_on_s3(s3_server):
     with pytest.raises(OutputConflict, match="being written by another run"):
         Lease(store).acquire()
     first.release()
+
+
+def test_a_killed_runner_on_this_host_is_taken_over_at_once(tmp_path):
+    """Kill -9 then rerun (the common case) need not wait for the heartbeat to expire."""
+    import socket
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # a pid that no longer runs
+    store = OutputStore(str(tmp_path / "out"))
+    os.makedirs(store.root)
+    lease = {
+        "owner": "x",
+        "host": socket.gethostname(),
+        "pid": proc.pid,
+        "heartbeat_at": time.time(),
+        "ttl_s": 60,
+    }
+    (tmp_path / "out" / LEASE_FILE).write_text(json.dumps(lease))
+    assert not is_live(read_lease(store))
+    mine = Lease(store)
+    mine.acquire()
+    assert read_lease(store)["owner"] == mine.owner
+    mine.release()

@@ -109,7 +109,7 @@ def s3_job(s3_server, model: str, inp: str, out: str, **policy) -> dict:
 
 
 @pytest.mark.slow
-def test_job_s3_to_s3(s3_server, jobio, tiny_st_model, ray_local):
+def test_job_s3_to_s3(s3_server, jobio, tiny_st_model, ray_session):
     from embedder import EmbeddingModel
     from jobs.run import run_job
 
@@ -141,7 +141,7 @@ def test_job_s3_to_s3(s3_server, jobio, tiny_st_model, ray_local):
 
 
 @pytest.mark.slow
-def test_nightly_on_s3_reuses_by_id_after_a_reexport(s3_server, jobio, tiny_st_model, ray_local):
+def test_nightly_on_s3_reuses_by_id_after_a_reexport(s3_server, jobio, tiny_st_model, ray_session):
     """The same rows exported again under new names and in 3 files instead of 2, one changed and one
     deleted: reuse by id through the id index on S3, with the key pass's files gone afterwards."""
     from jobs.run import run_job

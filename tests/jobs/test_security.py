@@ -133,7 +133,7 @@ def small_input(tmp_path, jobio) -> tuple[str, list[str]]:
     return str(path), texts
 
 
-def test_remote_code_refused_unless_trusted(tmp_path, tiny_st_model, small_input, ray_local):
+def test_remote_code_refused_unless_trusted(tmp_path, tiny_st_model, small_input, ray_session):
     from embedder import EmbeddingModel
 
     inp, texts = small_input
@@ -151,7 +151,7 @@ def test_remote_code_refused_unless_trusted(tmp_path, tiny_st_model, small_input
     np.testing.assert_allclose(got, EmbeddingModel(tiny_st_model).encode(texts), atol=1e-5)
 
 
-def test_pickle_weights_refused_unless_allowed(tmp_path, tiny_pickle_model, small_input, ray_local):
+def test_pickle_weights_refused_unless_allowed(tmp_path, tiny_pickle_model, small_input, ray_session):
     inp, _ = small_input
     with pytest.raises(JobError, match="could not load the model: .*allow_pickle"):
         run_job(_spec(tiny_pickle_model, inp, str(tmp_path / "off")), progress=False)
@@ -181,7 +181,7 @@ ODD_NAMES = [
 ]
 
 
-def test_output_keys_stay_under_prefix_on_s3(s3_server, jobio, tiny_st_model, ray_local):
+def test_output_keys_stay_under_prefix_on_s3(s3_server, jobio, tiny_st_model, ray_session):
     fs = s3_server.fs()
     inp = s3_server.prefix(s3_server.buckets[0], "odd-in")
     out = s3_server.prefix(s3_server.buckets[1], "odd-out")
@@ -213,7 +213,7 @@ def test_output_keys_stay_under_prefix_on_s3(s3_server, jobio, tiny_st_model, ra
     assert sorted(r["source"] for r in records if r["start"] == 0) == sorted(ODD_NAMES)
 
 
-def test_output_keys_stay_under_prefix_on_local_disk(tmp_path, jobio, tiny_st_model, ray_local):
+def test_output_keys_stay_under_prefix_on_local_disk(tmp_path, jobio, tiny_st_model, ray_session):
     inp = tmp_path / "in"
     inp.mkdir()
     for k, name in enumerate(ODD_NAMES):
