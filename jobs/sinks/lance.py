@@ -127,6 +127,13 @@ class LanceSink(ParquetSink):
             self.store.clear()  # the metadata folder, but this run's lease
         else:
             super().prepare(existing, job, overwrite)
+            # Shards an earlier run committed but did not fold (it was killed): fold them now, so the manifest
+            # covers every version before this run's first commit.
+            folded = self.store.records_table()
+            known = set(folded.column("shard_id").to_pylist())
+            self.store.fold(
+                [r for r in self._committed_messages(_max_version(folded)) if r["shard_id"] not in known]
+            )
 
     def records(self) -> pa.Table:
         """The manifest plus the records of versions committed after it (a crash before they were folded)."""

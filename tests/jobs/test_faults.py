@@ -408,3 +408,74 @@ def tmp_job_file(spec: dict) -> str:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(spec, f)
     return f.name
+
+
+def _assert_lance_exactly_once(out: str, expected: dict[str, str], model_path: str) -> None:
+    import lance
+
+    from embedder import EmbeddingModel
+
+    table = lance.dataset(out).to_table()
+    ids = table.column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == len(expected), (len(ids), len(set(ids)), len(expected))
+    assert set(ids) == set(expected)
+    want = EmbeddingModel(model_path).encode([expected[i] for i in ids])
+    assert np.abs(np.array(table.column("embedding").to_pylist()) - want).max() <= 1e-4
+    print(
+        f"\n[rows] {out}: input {len(expected)}, Lance table {len(ids)} rows ({len(set(ids))} distinct ids)"
+    )
+
+
+@pytest.mark.slow
+def test_actor_dies_mid_shard_on_the_lance_sink(tmp_path, jobio, tiny_st_model, ray_session, rules):
+    """The Lance sink under the same death: the shard is redone, the table holds every row once."""
+    pytest.importorskip("lance")
+    from jobs.run import run_job
+
+    inp, expected = _local_input(tmp_path, jobio)
+    rules({"point": "worker.batch", "shard_index": 1, "batch": 1, "action": "exit", "times": 1})
+    out = str(tmp_path / "out.lance")
+    summary = run_job(_spec(tiny_st_model, inp, out), progress=False)
+    assert fired(0) == 1 and summary["rows_written"] == N_ROWS
+    _assert_lance_exactly_once(out, expected, tiny_st_model)
+
+
+@pytest.mark.slow
+def test_driver_killed_then_rerun_resumes_on_the_lance_sink(jobio, tiny_st_model, tmp_path):
+    """`embedjob run` into a .lance output is SIGKILLed after its first committed version; the rerun adds
+    the missing shards once: no shard's rows twice, none missing."""
+    import os
+    import signal
+    import time
+
+    pytest.importorskip("lance")
+    inp, expected = _local_input(tmp_path, jobio)
+    out = str(tmp_path / "killed.lance")
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    env[faults.ENV_RULES] = json.dumps([{"point": "worker.batch", "action": "sleep", "seconds": 0.4}])
+    env.pop(faults.ENV_STATE, None)
+    cmd = [sys.executable, "-m", "jobs.cli", "run", "--model", tiny_st_model, "--input", inp, "--output", out,
+           "--id-column", "id", "--rows-per-file", "20", "--replicas", "1", "--batch-size", "4", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    versions = os.path.join(out, "_versions")
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if os.path.isdir(versions) and os.listdir(versions):
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not os.path.exists(os.path.join(out, "_embedjob", "_SUCCESS"))
+    env.pop(faults.ENV_RULES)
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    _assert_lance_exactly_once(out, expected, tiny_st_model)
