@@ -140,19 +140,22 @@ def _spec(model: str, inp: str, out: str, *, storage_options: dict | None = None
     }
 
 
-def _assert_exactly_once(fs, out: str, expected: dict[str, str], model_path: str, jobio) -> list[dict]:
+def _assert_rows_once(table, expected: dict[str, str], model_path: str, where: str) -> None:
+    """Every input row exactly once in `table` (ids as multisets), with vectors equal to encode()."""
     from embedder import EmbeddingModel
 
-    records, table = jobio.read_output(fs, out)
     ids = table.column("id").to_pylist()
     assert len(ids) == len(set(ids)) == len(expected), (len(ids), len(set(ids)), len(expected))
     assert set(ids) == set(expected)
     want = EmbeddingModel(model_path).encode([expected[i] for i in ids])
     assert np.abs(np.array(table.column("embedding").to_pylist()) - want).max() <= 1e-4
     # One line per fault test for the CI log (run with -s): rows before and after the fault.
-    print(
-        f"\n[rows] {out}: input {len(expected)}, output {len(ids)} ({len(set(ids))} distinct ids), {len(records)} shards"
-    )
+    print(f"\n[rows] {where}: input {len(expected)}, output {len(ids)} ({len(set(ids))} distinct ids)")
+
+
+def _assert_exactly_once(fs, out: str, expected: dict[str, str], model_path: str, jobio) -> list[dict]:
+    records, table = jobio.read_output(fs, out)
+    _assert_rows_once(table, expected, model_path, f"{out}, {len(records)} shards")
     return records
 
 
