@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
@@ -12,6 +11,7 @@ import torch
 from embedder import batching
 from embedder.device_io import HostCollector, to_device
 from embedder.modules.transformer import PACKED_KEY
+from embedder.prefetch import prefetch as run_ahead
 
 Batching = Literal["tokens", "sentence-transformers"]
 BATCHINGS: tuple[Batching, ...] = ("tokens", "sentence-transformers")
@@ -96,20 +96,9 @@ def batch_features(
             features[PACKED_KEY] = True
         return features
 
-    if not prefetch:
-        for batch in batches:
-            yield batch, make(batch)
-        return
     # `batches` may be a progress bar: iterate it, never index it.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        pending = None
-        for batch in batches:
-            ahead = (batch, pool.submit(make, batch))
-            if pending is not None:
-                yield pending[0], pending[1].result()
-            pending = ahead
-        if pending is not None:
-            yield pending[0], pending[1].result()
+    made = ((batch, make(batch)) for batch in batches)
+    yield from run_ahead(made, 1) if prefetch else made
 
 
 def run(

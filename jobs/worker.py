@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from embedder.prefetch import prefetch
 from jobs.faults import maybe_fail
 from jobs.fingerprint import digest, settings_fingerprint, text_hashes, weights_fingerprint
 from jobs.keypass import read_reused
@@ -162,7 +160,7 @@ class ShardWorker:
         batch_rows = self.spec.compute.batch_size * BATCHES_PER_READ
         batches = iter_shard_batches(shard, self.spec.input, batch_rows, self.policy)
         id_type: pa.DataType | None = None
-        for batch_no, batch in enumerate(_prefetch(batches, PREFETCH)):
+        for batch_no, batch in enumerate(prefetch(batches, PREFETCH)):
             id_type = batch.schema.field(ID).type
             raw_ids = batch.column(ID).to_pylist()
             raw_texts = raw_text_values(batch.column(TEXT))
@@ -230,48 +228,3 @@ class ShardWorker:
 
 def _str(value: Any) -> str | None:
     return None if value is None else str(value)
-
-
-_DONE = object()
-
-
-class _Failed:
-    def __init__(self, error: BaseException):
-        self.error = error
-
-
-def _prefetch(items: Iterator[Any], depth: int) -> Iterator[Any]:
-    """Iterate `items` on a reader thread, `depth` ahead, so reading overlaps the caller's work."""
-    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def run() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    return
-            put(_DONE)
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
-            put(_Failed(e))
-
-    thread = threading.Thread(target=run, name="shard-reader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is _DONE:
-                return
-            if isinstance(item, _Failed):
-                raise item.error
-            yield item
-    finally:
-        stop.set()
