@@ -56,7 +56,7 @@ def build_index(
     if cur:
         groups.append(cur)
     calls = [
-        (_store_args(source), group, _store_args(target), target_dir, buckets, g)
+        (store_args(source), group, store_args(target), target_dir, buckets, g)
         for g, group in enumerate(groups)
     ]
     files = sorted((rel, groups) for rows, rel, groups in run_tasks(_index_parts, calls) if rows)
@@ -78,12 +78,13 @@ def load_map(store: OutputStore, index_dir: str) -> list[tuple[str, list[int]]]:
     return list(zip(table.column("file").to_pylist(), table.column("groups").to_pylist(), strict=True))
 
 
-def _store_args(store: OutputStore) -> tuple[str, dict[str, Any], int]:
+def store_args(store: OutputStore) -> tuple[str, dict[str, Any], int]:
+    """What a Ray task needs to open the same store (open_store): URI, storage options, retry attempts."""
     return store.uri, store.storage_options, store.policy.attempts
 
 
 def open_store(args: tuple[str, dict[str, Any], int]) -> OutputStore:
-    """An OutputStore inside a task, from _store_args."""
+    """An OutputStore inside a task, from store_args."""
     uri, options, attempts = args
     return OutputStore(uri, options, RetryPolicy(attempts=attempts))
 

@@ -34,6 +34,7 @@ from jobs.index import (
     load_map,
     open_store,
     read_row_groups,
+    store_args,
     write_bucketed,
 )
 from jobs.manifest import DELETED_DIR, OutputStore
@@ -122,7 +123,7 @@ def run_key_pass(
         return result
     store.remove_dir(WORK_DIR)
     store.remove_dir(DELETED_DIR)
-    out_args = (store.uri, store.storage_options, store.policy.attempts)
+    out_args = store_args(store)
     with_text = reuse and previous is not None
     prev_index = _previous_index(previous, store) if previous is not None else None
     buckets = bucket_count(plan.rows)
@@ -176,7 +177,7 @@ def run_key_pass(
                 pg,
                 [(rel, where[pg]) for rel, where in match_files if pg in where],
                 previous.parts(pg * ppg, (pg + 1) * ppg),
-                _prev_args(previous),
+                store_args(previous.store),
             )
             for pg in sorted({pg for _, where in match_files for pg in where})
         )
@@ -208,20 +209,15 @@ def _groups(shards: list[Shard]) -> list[list[Shard]]:
     return out
 
 
-def _prev_args(previous: PreviousOutput) -> tuple:
-    s = previous.store
-    return s.uri, s.storage_options, s.policy.attempts
-
-
 def _previous_index(previous: PreviousOutput, store: OutputStore) -> dict[str, Any]:
     """Where the previous output's id index is, building it into OUT/_work/ when the output has none."""
     if previous.index is not None:
         files = load_map(previous.store, INDEX_DIR)
-        return {"store": _prev_args(previous), "files": files, "buckets": previous.index["buckets"]}
+        return {"store": store_args(previous.store), "files": files, "buckets": previous.index["buckets"]}
     meta = build_index(previous.store, previous.records, store, PREV_INDEX_DIR)
     files = load_map(store, PREV_INDEX_DIR)
     return {
-        "store": (store.uri, store.storage_options, store.policy.attempts),
+        "store": store_args(store),
         "files": files,
         "buckets": meta["buckets"],
     }

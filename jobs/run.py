@@ -22,7 +22,8 @@ from jobs.progress import Progress, format_summary
 from jobs.redact import register_secrets_in
 from jobs.retry import RetryPolicy
 from jobs.rows import default_max_chars
-from jobs.sinks import open_sink
+from jobs.shards import Plan
+from jobs.sinks import Sink, open_sink
 from jobs.spec import JobSpec, SpecError
 
 
@@ -100,8 +101,8 @@ def run_job(
 
 def _run(
     spec: JobSpec,
-    plan: Any,
-    sink: Any,
+    plan: Plan,
+    sink: Sink,
     existing: dict[str, Any] | None,
     lease: Lease,
     overwrite: bool,
@@ -113,7 +114,7 @@ def _run(
     """run_job once the output is held: plan, replicas, key pass, dispatch, completion."""
     import ray
 
-    policy = RetryPolicy(attempts=spec.policy.retries)
+    policy = sink.store.policy
     previous = (
         PreviousOutput(spec.previous_uri, spec.output.storage_options, policy) if spec.previous_uri else None
     )
@@ -121,7 +122,9 @@ def _run(
     pool = None
     bar = None
     try:
-        committed = set() if overwrite else sink.committed_ids()
+        # One read of the manifest serves the resume set and the progress of the shards already in.
+        records = None if overwrite else sink.records()
+        committed = set(records.column("shard_id").to_pylist()) if records is not None else set()
         todo = [s for s in plan.shards if s.shard_id not in committed]
         pool = get_pool(spec, max(1, len(todo)), keep_warm and not started_ray)
         keys = None
@@ -160,7 +163,7 @@ def _run(
             reusable_rows=keys.matched,
         )
         if committed:
-            bar.resumed(sink.records())
+            bar.resumed(records)
         try:
             dispatch(pool, todo, spec, bar, sink, reuse and keys.matched > 0, keys, lease)
         except BaseException as e:

@@ -72,7 +72,6 @@ class ShardWorker:
         self.spec = JobSpec.from_dict(spec)
         self.policy = RetryPolicy(attempts=self.spec.policy.retries)
         self.sink = open_sink(self.spec, self.policy)
-        self.out = self.sink.store  # where the key pass left the reusable vectors
         self.max_chars = self.spec.policy.max_text_chars or default_max_chars(
             getattr(self.model, "max_seq_length", None)
         )
@@ -132,8 +131,8 @@ class ShardWorker:
     def process(self, task: dict[str, Any], spec: dict[str, Any] | None = None) -> dict[str, Any]:
         """Embed one shard and commit it (data file, then manifest record); an already committed shard is skipped.
 
-        task: {"shard": Shard dict, "reuse": folder of reusable vectors the key pass left (or None),
-        "bad_rows": [(row, why)] of repeated ids}.
+        task: {"shard": Shard dict, "reuse": [(file, row group)] of the shard's reusable vectors the key pass
+        left (or None), "bad_rows": [(row, why)] of repeated ids}.
         """
         if spec is not None:
             self._use(spec)
@@ -145,7 +144,7 @@ class ShardWorker:
         started = time.perf_counter()
         tokens_before = self.stats().get("tokens", 0)
         # {input row: (text_hash, vector)} found in the previous output by the key pass.
-        reusable = read_reused(self.out, task["reuse"], shard.index) if task.get("reuse") else {}
+        reusable = read_reused(self.sink.store, task["reuse"], shard.index) if task.get("reuse") else {}
         # Rows found bad at plan time (repeated ids), by row number within the source.
         known = {int(row): reason for row, reason in task.get("bad_rows") or []}
 
@@ -189,15 +188,17 @@ class ShardWorker:
             keep = [p for p in range(len(raw_texts)) if p not in bad_pos]
             texts = [text_at[p] for p in keep]
             batch_hashes = text_hashes(texts)
-            to_embed = [] if reusable else list(range(len(keep)))
-            for k, p in enumerate(keep if reusable else ()):
-                hit = reusable.get(rows[p])
-                # The hash is checked again: the input may have changed since the key pass read it.
-                if hit is not None and hit[0] == batch_hashes[k] and len(hit[1]) == dim:
-                    vectors[filled + k] = hit[1]
-                    reused += 1
-                else:
-                    to_embed.append(k)
+            to_embed = list(range(len(keep)))
+            if reusable:
+                to_embed = []
+                for k, p in enumerate(keep):
+                    hit = reusable.get(rows[p])
+                    # The hash is checked again: the input may have changed since the key pass read it.
+                    if hit is not None and hit[0] == batch_hashes[k] and len(hit[1]) == dim:
+                        vectors[filled + k] = hit[1]
+                        reused += 1
+                    else:
+                        to_embed.append(k)
             if to_embed:
                 maybe_fail("worker.batch", shard=shard.shard_id, shard_index=shard.index, batch=batch_no)
                 vectors[[filled + k for k in to_embed]] = self._encode([texts[k] for k in to_embed])

@@ -27,12 +27,8 @@ class Sink(ABC):
         """The job metadata already in the output (None: a new output); refuses outputs it must not touch."""
 
     @abstractmethod
-    def committed_ids(self) -> set[str]:
-        """Shard ids committed so far: the only shards a rerun skips."""
-
-    @abstractmethod
     def records(self) -> pa.Table:
-        """Every committed shard's record, ordered by shard index."""
+        """Every committed shard's record, ordered by shard index: the only shards a rerun skips."""
 
     @abstractmethod
     def prepare(self, existing: dict[str, Any] | None, job: dict[str, Any], overwrite: bool) -> None:

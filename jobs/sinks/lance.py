@@ -24,8 +24,8 @@ import pyarrow.compute as pc
 
 from jobs.manifest import OutputConflict, OutputStore, records_to_table
 from jobs.retry import RetryPolicy, call_with_retries
-from jobs.shards import Plan, Shard
-from jobs.sinks.parquet import ParquetSink, check_complete, shard_record
+from jobs.shards import Shard
+from jobs.sinks.parquet import ParquetSink, shard_record
 
 META_DIR = "_embedjob"
 MESSAGE_KEY = "__lance_commit_message"
@@ -86,6 +86,15 @@ class LanceSink(ParquetSink):
         self.dataset_store = OutputStore(uri, storage_options, policy)
         self.lance_options = lance_storage_options(storage_options or {})
         self.vector_index, self.id_index, self.metric = vector_index, id_index, metric
+        self._version: int | None = None  # the latest version, followed commit by commit (see _read_version)
+
+    def _read_version(self) -> int:
+        """The version the next commit builds on (0: no dataset yet). Opened once, then followed commit by
+        commit: the lease makes this run the table's only writer."""
+        if self._version is None:
+            ds = self._dataset()
+            self._version = ds.version if ds is not None else 0
+        return self._version
 
     def _dataset(self) -> Any | None:
         """The dataset at its latest version, or None when there is none yet (other errors propagate)."""
@@ -125,28 +134,25 @@ class LanceSink(ParquetSink):
                     if posixpath.basename(entry.rstrip("/")) != META_DIR:
                         fs.rm(entry, recursive=True)
             self.store.clear()  # the metadata folder, but this run's lease
+            self._version = None
         else:
             super().prepare(existing, job, overwrite)
             # Shards an earlier run committed but did not fold (it was killed): fold them now, so the manifest
             # covers every version before this run's first commit.
-            folded = self.store.records_table()
-            known = set(folded.column("shard_id").to_pylist())
-            self.store.fold(
-                [r for r in self._committed_messages(_max_version(folded)) if r["shard_id"] not in known]
-            )
+            self.store.fold(self._late(self.store.records_table()))
 
     def records(self) -> pa.Table:
         """The manifest plus the records of versions committed after it (a crash before they were folded)."""
         table = self.store.records_table()
-        known = set(table.column("shard_id").to_pylist())
-        late = [r for r in self._committed_messages(_max_version(table)) if r["shard_id"] not in known]
+        late = self._late(table)
         if late:
             table = pa.concat_tables([table, records_to_table(late)]).sort_by("index")
         return table
 
-    def committed_ids(self) -> set[str]:
-        """Shard ids in a committed version."""
-        return set(self.records().column("shard_id").to_pylist())
+    def _late(self, folded: pa.Table) -> list[dict[str, Any]]:
+        """Records of versions committed after the newest folded one, not folded themselves."""
+        known = set(folded.column("shard_id").to_pylist())
+        return [r for r in self._committed_messages(_max_version(folded)) if r["shard_id"] not in known]
 
     def _committed_messages(self, after: int = 0) -> list[dict[str, Any]]:
         """The shard records in the commit messages of the versions after `after`."""
@@ -168,17 +174,16 @@ class LanceSink(ParquetSink):
         if record.get("skipped"):
             return record
         fragments, schema = record.pop("_fragments"), record.pop("_schema")
-        ds = self._dataset()
-        if ds is None and (self._received or self.store.committed_ids()):
+        read_version = self._read_version()
+        if not read_version and (self._received or self.store.committed_ids()):
             raise OutputConflict(
                 f"output.uri: {self.uri}: the manifest lists shards but the Lance dataset is gone"
             )
         op = (
             self.lance.LanceOperation.Append(fragments)
-            if ds is not None
+            if read_version
             else self.lance.LanceOperation.Overwrite(schema, fragments)
         )
-        read_version = ds.version if ds is not None else 0
         attempts = 0
 
         def commit() -> int:
@@ -198,26 +203,25 @@ class LanceSink(ParquetSink):
             ).version
 
         what = f"output {self.uri}: commit shard {record['shard_id']}"
-        record["lance_version"] = call_with_retries(commit, what=what, policy=self.store.policy)
+        record["lance_version"] = self._version = call_with_retries(
+            commit, what=what, policy=self.store.policy
+        )
         return super().on_shard_written(record)
 
-    def on_write_complete(self, plan: Plan, summary: dict[str, Any]) -> dict[str, Any]:
-        """Check every planned row, build the asked-for indexes, then _SUCCESS."""
-        self._fold()
-        folded = self.store.records_table()
-        known = set(folded.column("shard_id").to_pylist())
-        late = self._committed_messages(_max_version(folded))
-        self.store.fold([r for r in late if r["shard_id"] not in known])
-        records = self.store.fold_all()
-        check_complete(plan, records)
+    def _fold_all(self) -> pa.Table:
+        """Fold the records of versions no manifest file lists yet, then everything into manifest.parquet."""
+        self.store.fold(self._late(self.store.records_table()))
+        return self.store.fold_all()
+
+    def _finish(self, records: pa.Table, written: int) -> dict[str, Any]:
+        """Check the table's row count against the manifest, then build the asked-for indexes."""
         ds = self._dataset()
         rows = ds.count_rows() if ds is not None else 0
-        written = int(sum(records.column("rows").to_pylist()))
         if rows != written:
             raise OutputConflict(
                 f"output.uri: {self.uri}: the table holds {rows} rows, the manifest {written}"
             )
-        if ds is not None and rows:
+        if rows:
             if self.id_index:
                 ds.create_scalar_index("id", "BTREE", replace=True)
             if self.vector_index != "none":
@@ -227,13 +231,7 @@ class LanceSink(ParquetSink):
                     width = ds.schema.field("embedding").type.list_size
                     kwargs["num_sub_vectors"] = next(d for d in (16, 8, 4, 2, 1) if width % d == 0)
                 ds.create_index("embedding", INDEX_TYPES[self.vector_index], replace=True, **kwargs)
-        total = {k: int(sum(records.column(k).to_pylist())) for k in ("embedded", "reused", "quarantined")}
-        summary = {**summary, "total": total, "rows_written": written, "indexed": None, "output": self.uri}
-        summary["lance_version"] = self._dataset().version if rows else None
-        self.store.write_json("_SUCCESS", {**summary, "plan_fingerprint": plan.fingerprint})
-        self.store.remove_dir("_work")
-        self.store.remove_tmp()
-        return summary
+        return {"indexed": None, "lance_version": self._dataset().version if rows else None}
 
     # --- replica ---
     def write_shard(

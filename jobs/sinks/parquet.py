@@ -83,10 +83,6 @@ class ParquetSink(Sink):
         names = [n.rstrip("/").rsplit("/", 1)[-1] for n in store.fs.ls(store.root, detail=False)]
         return any(not n.startswith("_") for n in names)
 
-    def committed_ids(self) -> set[str]:
-        """Shard ids with a record (folded or in the JSON tail)."""
-        return self.store.committed_ids()
-
     def records(self) -> pa.Table:
         """Every record, one per shard id, ordered by shard index."""
         return self.store.records_table()
@@ -120,24 +116,31 @@ class ParquetSink(Sink):
         self._received, self._folded_at = [], time.monotonic()
 
     def on_write_complete(self, plan: Plan, summary: dict[str, Any]) -> dict[str, Any]:
-        """Fold the manifest, check every planned shard, index the ids, write _SUCCESS, drop work files."""
+        """Fold the manifest, check every planned shard, finish the output, write _SUCCESS, drop work files."""
         self._fold()
-        records = self.store.fold_all()
+        records = self._fold_all()
         check_complete(plan, records)
-        totals = {
-            k: int(pc.sum(records.column(k)).as_py() or 0)
-            for k in ("embedded", "reused", "quarantined", "rows")
+        total = {
+            k: int(pc.sum(records.column(k)).as_py() or 0) for k in ("embedded", "reused", "quarantined")
         }
-        index = self.store.read_json(f"{INDEX_DIR}/{INDEX_META}")
-        if not index or (index.get("rows"), index.get("parts")) != (totals["rows"], records.num_rows):
-            index = build_index(self.store, records, self.store, INDEX_DIR)
-        total = {k: totals[k] for k in ("embedded", "reused", "quarantined")}
-        summary = {**summary, "total": total, "rows_written": totals["rows"], "indexed": index["rows"]}
+        written = int(pc.sum(records.column("rows")).as_py() or 0)
+        summary = {**summary, "total": total, "rows_written": written, **self._finish(records, written)}
         summary["output"] = self.uri
         self.store.write_json(SUCCESS_FILE, {**summary, "plan_fingerprint": plan.fingerprint})
         self.store.remove_dir(WORK_DIR)
         self.store.remove_tmp()
         return summary
+
+    def _fold_all(self) -> pa.Table:
+        """Every record, folded into one manifest.parquet."""
+        return self.store.fold_all()
+
+    def _finish(self, records: pa.Table, written: int) -> dict[str, Any]:
+        """Build the id index a later --previous joins (kept when it already covers these records)."""
+        index = self.store.read_json(f"{INDEX_DIR}/{INDEX_META}")
+        if not index or (index.get("rows"), index.get("parts")) != (written, records.num_rows):
+            index = build_index(self.store, records, self.store, INDEX_DIR)
+        return {"indexed": index["rows"]}
 
     def on_write_failed(self, error: BaseException) -> dict[str, Any]:
         """Fold what was received, so a rerun reads few files; committed shards stay, the rest is redone."""
