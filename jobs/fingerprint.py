@@ -7,6 +7,8 @@ import json
 import os
 from typing import Any
 
+import pyarrow as pa
+
 # Files that describe a model folder without changing its vectors.
 _IGNORED_NAMES = ("README.md", ".gitattributes")
 _CHUNK = 1 << 20
@@ -20,6 +22,16 @@ def text_hash(text: str) -> str:
 def text_hashes(texts: list[str]) -> list[str]:
     """text_hash for each text, in order."""
     return [hashlib.blake2b(t.encode("utf-8"), digest_size=16).hexdigest() for t in texts]
+
+
+def match_hashes(hashes: list[str | None], passthrough: pa.Table | None = None) -> list[str | None]:
+    """What a live update compares per row: the text hash, with the row's passthrough values when any."""
+    if passthrough is None or not passthrough.num_columns:
+        return hashes
+    return [
+        None if h is None else digest(h, r, size=16)
+        for h, r in zip(hashes, passthrough.to_pylist(), strict=True)
+    ]
 
 
 def digest(*parts: Any, size: int = 8) -> str:

@@ -149,6 +149,8 @@ def read_row_groups(store: OutputStore, sources: list[tuple[str, int]]) -> pa.Ta
 class PreviousOutput:
     """A previous job's output (--previous): its job metadata, manifest, and id index."""
 
+    live = False  # not the table this run updates (jobs.sinks.lance_table.LiveTable)
+
     def __init__(self, uri: str, storage_options: dict[str, Any] | None, policy: RetryPolicy):
         self.store = OutputStore(uri, storage_options, policy)
         self.job = self.store.read_json(JOB_FILE)

@@ -6,6 +6,9 @@
    (written to _deleted/ here) and the rows whose id and text hash the previous output holds.
 3. gather (one task per group of previous parts): copy the matched previous vectors into a file with one row
    group per shard of this run, so a replica reads only its own shard's reused vectors.
+When the previous output is the live Lance table this run updates (jobs.sinks.lance_table), there is no
+gather: matched rows stay in the table, so the join writes them per shard for the replicas to skip, and the
+table's other rows per fragment group, for the run's commit to delete.
 Each map task writes one file with a row group per partition (jobs.buckets.partitioned_parquet), so the
 shuffle makes as many files as tasks. No process holds every id: a task holds one group or one bucket; the
 driver holds counts, the repeats and where each partition's row group is. All of it lives in OUT/_work/ and
@@ -25,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.buckets import bucket_count, bucket_of, bucket_sources, id_keys, partitioned_parquet
-from jobs.fingerprint import text_hashes
+from jobs.fingerprint import match_hashes, text_hashes
 from jobs.index import (
     INDEX_DIR,
     INDEX_SCHEMA,
@@ -55,6 +58,9 @@ PREV_INDEX_DIR = f"{WORK_DIR}/previous-index"
 DONE_FILE = f"{WORK_DIR}/_keys.json"
 REPEATS_FILE = f"{WORK_DIR}/repeats.parquet"
 SOURCES_FILE = f"{WORK_DIR}/reuse-sources.json"
+DROP_DIR = f"{WORK_DIR}/drop"
+DROP_SOURCES = f"{WORK_DIR}/drop-sources.json"
+FRAGMENTS_PER_DROP = 64  # table fragments one deletion task handles
 ROWS_PER_SCAN = 1_000_000  # rows one scan task reads
 GATHER_BYTES = 256 << 20  # previous vectors one gather task holds
 READ_ROWS = 65_536
@@ -125,7 +131,9 @@ def run_key_pass(
     store.remove_dir(DELETED_DIR)
     out_args = store_args(store)
     with_text = reuse and previous is not None
-    prev_index = _previous_index(previous, store) if previous is not None else None
+    live = previous is not None and previous.live
+    passthrough = list(spec.input.passthrough) if live else []
+    prev_index = _previous_index(previous, store, passthrough) if previous is not None else None
     buckets = bucket_count(plan.rows)
     if prev_index:
         # A multiple of the previous index's count: join b reads previous bucket b % that count.
@@ -133,11 +141,11 @@ def run_key_pass(
         buckets = pb * -(-bucket_count(plan.rows + previous.rows) // pb)
 
     scans = (
-        (spec.to_dict(), [s.to_dict() for s in g], k, out_args, buckets, max_chars, with_text)
+        (spec.to_dict(), [s.to_dict() for s in g], k, out_args, buckets, max_chars, with_text, passthrough)
         for k, g in enumerate(_groups(plan.shards))
     )
     scanned = [(rel, groups) for _, rel, groups in _named("scan", run_tasks(_scan, scans)) if rel]
-    ppg = _parts_per_gather(previous) if with_text else 0
+    ppg = _parts_per_gather(previous) if with_text and not live else 0
     joins = (
         (
             out_args,
@@ -149,6 +157,7 @@ def run_key_pass(
             bucket_sources(prev_index["files"], b % prev_index["buckets"]) if prev_index else None,
             ppg,
             spec.policy.on_bad_row == "fail",
+            with_text and live,
         )
         for b in range(buckets)
     )
@@ -156,6 +165,7 @@ def run_key_pass(
     repeats: list[dict[str, Any]] = []
     repeated = 0
     match_files: list[tuple[str, dict[int, int]]] = []
+    drop_sources: dict[int, list[tuple[str, int]]] = {}
     for r in _named("join", run_tasks(_join, joins)):
         result.keys += r["keys"]
         repeated += r["repeated"]
@@ -165,12 +175,19 @@ def run_key_pass(
             result.deleted += r["deleted"]
         if r.get("match_file"):
             match_files.append((r["match_file"], r["match_groups"]))
+        for g, rg in (r.get("drop_groups") or {}).items():
+            drop_sources.setdefault(g, []).append((r["drop_file"], rg))
     repeats.sort(key=lambda d: (d["shard"], d["row"]))
     if repeated and spec.policy.on_bad_row == "fail":
         raise DuplicateIdsError(_fail_message(spec, plan, repeats, repeated))
     result.repeats, result.bad_rows = len(repeats), _bad_rows(plan, repeats)
 
-    if result.matched:
+    if live:  # matched rows stay in the table: a replica reads its shard's matches to skip them
+        for rel, where in match_files:
+            for g, rg in where.items():
+                result.reuse_sources.setdefault(g, []).append((rel, rg))
+        store.write_json(DROP_SOURCES, {str(g): v for g, v in drop_sources.items()})
+    elif result.matched:
         gathers = (
             (
                 out_args,
@@ -209,8 +226,16 @@ def _groups(shards: list[Shard]) -> list[list[Shard]]:
     return out
 
 
-def _previous_index(previous: PreviousOutput, store: OutputStore) -> dict[str, Any]:
-    """Where the previous output's id index is, building it into OUT/_work/ when the output has none."""
+def _previous_index(previous: Any, store: OutputStore, passthrough: list[str]) -> dict[str, Any]:
+    """Where the previous output's id index is, building it into OUT/_work/ when the output has none (a live
+    Lance table's is always built, with the passthrough values in its match hashes)."""
+    if previous.live:
+        meta = previous.build_index(store, PREV_INDEX_DIR, passthrough)
+        return {
+            "store": store_args(store),
+            "files": load_map(store, PREV_INDEX_DIR),
+            "buckets": meta["buckets"],
+        }
     if previous.index is not None:
         files = load_map(previous.store, INDEX_DIR)
         return {"store": store_args(previous.store), "files": files, "buckets": previous.index["buckets"]}
@@ -238,6 +263,7 @@ def _scan(
     buckets: int,
     max_chars: int | None,
     with_text: bool,
+    passthrough: list[str],
 ) -> tuple[int, str, list[int]]:
     """Ray task: the keys of a group of shards in one bucketed file; returns (rows, file, row group per bucket)."""
     spec = JobSpec.from_dict(spec_dict)
@@ -261,9 +287,8 @@ def _scan(
                 clean, bad = check_texts(raw, max_chars=max_chars)
                 bad_pos = {p for p, _ in bad}
                 hashes = iter(text_hashes(clean))
-                cols["text_hash"] = pa.array(
-                    [None if p in bad_pos else next(hashes) for p in range(len(raw))], pa.string()
-                )
+                all_hashes = [None if p in bad_pos else next(hashes) for p in range(len(raw))]
+                cols["text_hash"] = pa.array(match_hashes(all_hashes, batch.select(passthrough)), pa.string())
             pieces.append(pa.table(cols).filter(valid))
     return write_bucketed(store, posixpath.join(KEYS_DIR, f"s={group:06d}.parquet"), pieces, buckets)
 
@@ -278,11 +303,13 @@ def _join(
     prev_sources: list[tuple[str, int]] | None,
     parts_per_gather: int,
     fail_fast: bool,
+    live: bool,
 ) -> dict[str, Any]:
     """Ray task: one bucket's repeated ids, gone previous ids (to _deleted/) and reusable matches.
 
     new_sources / prev_sources: (file, row group) of this bucket in this run's key files and in the previous
-    output's index files (prev_sources None: no previous output).
+    output's index files (prev_sources None: no previous output). live: the previous output is the table this
+    run updates; the matches are written per shard and the table's other rows per fragment group (to drop).
     """
     store = open_store(out_args)
     new = read_row_groups(store, new_sources)
@@ -325,7 +352,9 @@ def _join(
         parquet_bytes(pa.table({"id": gone.column("id").combine_chunks()}), "zstd"),
     )
     out["deleted"] = gone.num_rows
-    if parts_per_gather and first is not None and "text_hash" in first.column_names and prev.num_rows:
+    if live:
+        out.update(_live_matches(store, b, first, prev))
+    elif parts_per_gather and first is not None and "text_hash" in first.column_names and prev.num_rows:
         # An id written twice by an old output would match twice; the first of each id is the one kept.
         dup = duplicate_ids(prev.column("id"))
         if dup:
@@ -339,10 +368,52 @@ def _join(
         joined = joined.select(["shard", "row", "text_hash", "part", "prev_row"])
         out["matched"] = joined.num_rows
         if joined.num_rows:
-            rel = posixpath.join(MATCH_DIR, f"b={b:05d}.parquet")
-            data, where = partitioned_parquet(joined, joined.column("part").to_numpy() // parts_per_gather)
-            store.write_bytes(rel, data)
-            out["match_file"], out["match_groups"] = rel, where
+            by_gather = joined.column("part").to_numpy() // parts_per_gather
+            out["match_file"], out["match_groups"] = _write_parts(store, MATCH_DIR, b, joined, by_gather)
+    return out
+
+
+def _write_parts(
+    store: OutputStore, folder: str, b: int, table: pa.Table, partition: np.ndarray
+) -> tuple[str, dict[int, int]]:
+    """Bucket b's rows as folder/b=<b>.parquet, one row group per partition; (file, {partition: row group})."""
+    rel = posixpath.join(folder, f"b={b:05d}.parquet")
+    data, where = partitioned_parquet(table, partition)
+    store.write_bytes(rel, data)
+    return rel, where
+
+
+def _live_matches(store: OutputStore, b: int, first: pa.Table | None, prev: pa.Table) -> dict[str, Any]:
+    """A live update's bucket: rows whose id and match hash the table holds (skipped, by shard), and the
+    table's other rows (deleted by the run's commit, by fragment group)."""
+    out: dict[str, Any] = {"matched": 0}
+    prev = prev.append_column("prev_pos", pa.array(np.arange(prev.num_rows, dtype=np.int64)))
+    kept = np.zeros(prev.num_rows, bool)
+    if first is not None and first.num_rows and prev.num_rows:
+        joined = first.filter(pc.is_valid(first.column("text_hash"))).join(
+            prev.select(["id", "text_hash", "prev_pos"]).rename_columns(["id", "prev_hash", "prev_pos"]),
+            keys="id",
+            join_type="inner",
+        )
+        joined = joined.filter(pc.equal(joined.column("text_hash"), joined.column("prev_hash")))
+        # Input ids are unique here; an id the table holds twice keeps one copy, the other is dropped.
+        twice = duplicate_ids(joined.column("id"))
+        if twice:
+            keep = np.ones(joined.num_rows, bool)
+            keep[[p for p, _ in twice]] = False
+            joined = joined.filter(pa.array(keep))
+        kept[joined.column("prev_pos").to_numpy()] = True
+        out["matched"] = joined.num_rows
+        if joined.num_rows:
+            matches = joined.select(["shard", "row", "text_hash"]).sort_by(
+                [("shard", "ascending"), ("row", "ascending")]
+            )
+            by_shard = matches.column("shard").to_numpy()
+            out["match_file"], out["match_groups"] = _write_parts(store, MATCH_DIR, b, matches, by_shard)
+    drop = prev.filter(pa.array(~kept)).select(["part", "row"])
+    if drop.num_rows:
+        by_group = drop.column("part").to_numpy() // FRAGMENTS_PER_DROP
+        out["drop_file"], out["drop_groups"] = _write_parts(store, DROP_DIR, b, drop, by_group)
     return out
 
 
@@ -391,15 +462,19 @@ def _gather(
 def read_reused(
     store: OutputStore, sources: list[tuple[str, int]], shard_index: int
 ) -> dict[int, tuple[str, Any]]:
-    """Inside a replica: {input row: (text_hash, vector)} of the shard's rows the key pass found reusable.
+    """Inside a replica: {input row: (text_hash, vector)} of the shard's rows the key pass found reusable (vector
+    None for a live update's unchanged rows).
 
     sources: (gather file, row group) of the shard in each gather file that has rows for it.
     """
     table = read_row_groups(store, [(f, rg) for f, rg in sources])
     if table is None or table.num_rows == 0:
         return {}
-    emb = table.column("embedding").combine_chunks()
-    values = emb.flatten().to_numpy(zero_copy_only=False).reshape(len(emb), emb.type.list_size)
+    if "embedding" in table.column_names:
+        emb = table.column("embedding").combine_chunks()
+        values = list(emb.flatten().to_numpy(zero_copy_only=False).reshape(len(emb), emb.type.list_size))
+    else:  # a live update's matches: the rows stay in the table, no vector travels
+        values = [None] * table.num_rows
     pairs = zip(table.column("text_hash").to_pylist(), values, strict=True)
     return dict(zip(table.column("row").to_pylist(), pairs, strict=True))
 

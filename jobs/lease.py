@@ -18,7 +18,7 @@ import uuid
 from typing import Any
 
 from jobs.manifest import OutputConflict, OutputStore
-from jobs.write import is_local
+from jobs.write import create_atomic, is_local
 
 LEASE_FILE = "_lease.json"
 TTL_S = 60.0  # a lease not renewed for this long belongs to a runner that is gone
@@ -73,29 +73,11 @@ class Lease:
 
     def _create(self) -> bool:
         """Create the lease file if there is none; False when another runner's file is there."""
-        path = self.store.path(LEASE_FILE)
         fs = self.store.fs
-        if is_local(fs):
-            if not os.path.exists(self.store.root):
-                fs.makedirs(self.store.root, exist_ok=True)
-                self._made_root = True
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(fd, "wb") as f:
-                f.write(self._body())
-            return True
-        try:
-            fs.pipe_file(path, self._body(), mode="create")
-        except FileExistsError:
-            return False
-        except Exception as e:  # noqa: BLE001 - a 412 Precondition Failed arrives as another error on some stores
-            if "PreconditionFailed" in repr(e) or "412" in str(e):
-                return False
-            raise
-        held = read_lease(self.store)
-        return bool(held and held.get("owner") == self.owner)
+        if is_local(fs) and not os.path.exists(self.store.root):
+            fs.makedirs(self.store.root, exist_ok=True)
+            self._made_root = True
+        return create_atomic(fs, self.store.root, LEASE_FILE, self._body(), self.store.policy, "lease")
 
     def acquire(self) -> None:
         """Take the output, or raise OutputConflict naming the runner that holds it."""

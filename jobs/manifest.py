@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from jobs.fingerprint import digest
 from jobs.redact import redact
 from jobs.retry import RetryPolicy
-from jobs.write import open_output_fs, retried, write_atomic
+from jobs.write import create_atomic, open_output_fs, retried, write_atomic
 
 if TYPE_CHECKING:
     from jobs.shards import Plan
@@ -69,7 +69,7 @@ RECORD_SCHEMA = pa.schema(
         ("tokens", pa.int64()),
         ("seconds", pa.float64()),
         ("committed_at", pa.float64()),
-        ("lance_version", pa.int64()),  # Lance outputs: the version that committed the shard
+        ("fragments", pa.string()),  # Lance outputs: the shard's fragments (JSON), committed with the run
     ]
 )
 TAIL_READERS = 16  # JSON records of the tail read at once
@@ -119,6 +119,11 @@ class OutputStore:
         """Write a JSON file atomically (staged, then moved)."""
         data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8")
         write_atomic(self.fs, self.root, rel, data, self.policy, f"output {self.uri}")
+
+    def create_json(self, rel: str, obj: Any) -> bool:
+        """Write a JSON file only if it does not exist yet; False when another writer created it first."""
+        data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8")
+        return create_atomic(self.fs, self.root, rel, data, self.policy, f"output {self.uri}")
 
     def exists(self, rel: str) -> bool:
         """Whether a file exists in the output."""

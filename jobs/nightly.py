@@ -1,7 +1,8 @@
 """The nightly schedule: template tonight's RayJob with a fresh output folder and --previous the last good run.
 
 `python -m jobs.nightly nightly-rayjob --template rayjob.yaml --prefix s3://vectors/nightly` prints the RayJob
-(YAML) the nightly CronJob creates; see deploy/kuberay/nightly.yaml.
+(YAML) the nightly CronJob creates; see deploy/kuberay/nightly.yaml. A prefix ending in `.lance` is one live
+Lance table that every night updates in place (`--output` and `--previous` both the table).
 """
 
 from __future__ import annotations
@@ -38,8 +39,14 @@ def latest_successful_run(prefix_uri: str, storage_options: dict | None = None) 
     return None
 
 
+def is_live_table(prefix_uri: str) -> bool:
+    """Whether the nightly output is one Lance table updated in place."""
+    return prefix_uri.rstrip("/").endswith(".lance")
+
+
 def nightly_rayjob(template: dict[str, Any], prefix_uri: str, now: dt.datetime, previous: str | None) -> dict:
-    """The RayJob for tonight's run: a fresh output folder under `prefix_uri`, `--previous` the last good run."""
+    """The RayJob for tonight's run: a fresh output folder under `prefix_uri`, `--previous` the last good run
+    (for a `.lance` prefix: the table itself, updated in place; `previous` None rebuilds it with --overwrite)."""
     doc = copy.deepcopy(template)
     stamp = now.astimezone(dt.timezone.utc).strftime(RUN_STAMP)
     try:
@@ -47,14 +54,17 @@ def nightly_rayjob(template: dict[str, Any], prefix_uri: str, now: dt.datetime, 
         argv = shlex.split(doc["spec"]["entrypoint"])
     except (KeyError, TypeError):
         raise NightlyError("template: needs metadata.name and spec.entrypoint (a RayJob)") from None
-    for flag in ("--output", "--previous"):
+    for flag in ("--output", "--previous", "--overwrite"):
         if any(a == flag or a.startswith(f"{flag}=") for a in argv):
             raise NightlyError(
                 f"template spec.entrypoint: {flag} is set per run; remove it from the template"
             )
-    argv += ["--output", f"{prefix_uri.rstrip('/')}/{stamp}"]
-    if previous:
-        argv += ["--previous", previous]
+    if is_live_table(prefix_uri):
+        argv += ["--output", prefix_uri, *(["--previous", prefix_uri] if previous else ["--overwrite"])]
+    else:
+        argv += ["--output", f"{prefix_uri.rstrip('/')}/{stamp}"]
+        if previous:
+            argv += ["--previous", previous]
     doc["spec"]["entrypoint"] = shlex.join(argv)
     # RayJob names become pod/label values: at most 63 lowercase characters.
     doc["metadata"]["name"] = f"{base_name[: 63 - len(stamp) - 1]}-{stamp.lower()}"
@@ -86,7 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     now = dt.datetime.fromisoformat(args.now) if args.now else dt.datetime.now(dt.timezone.utc)
     if now.tzinfo is None:
         now = now.replace(tzinfo=dt.timezone.utc)
-    previous = None if args.full else latest_successful_run(args.prefix)
+    if is_live_table(args.prefix):
+        previous = None if args.full else args.prefix
+    else:
+        previous = None if args.full else latest_successful_run(args.prefix)
     print(f"previous successful run: {previous or 'none (full run)'}", file=sys.stderr)
     try:
         doc = nightly_rayjob(template, args.prefix, now, previous)

@@ -42,6 +42,8 @@ def check_separate(
 ) -> None:
     """Refuse an output that is, is inside, or contains the input (or the --previous output): a SpecError."""
     out_proto, out_path = _location(output_uri, output_options)
+    if previous_uri and previous_uri.rstrip("/") == output_uri.rstrip("/"):
+        previous_uri = None  # a Lance table updated in place (the spec allows it for Lance outputs only)
     others = [("input.uri", input_uri, input_options), ("previous", previous_uri, output_options)]
     for field, uri, options in others:
         if not uri:

@@ -24,6 +24,7 @@ from jobs.retry import RetryPolicy
 from jobs.rows import default_max_chars
 from jobs.shards import Plan
 from jobs.sinks import Sink, open_sink
+from jobs.sinks.lance_table import LiveTable
 from jobs.spec import JobSpec, SpecError
 
 
@@ -61,6 +62,17 @@ def _key_pass_fingerprint(spec: JobSpec, plan: Any, settings: str | None = None)
     return digest(plan.fingerprint, settings, spec.previous_uri, spec.policy.on_bad_row)
 
 
+def _previous(spec: JobSpec, sink: Sink, policy: RetryPolicy) -> PreviousOutput | LiveTable | None:
+    """The output a run reuses vectors from: an earlier Parquet output, or the live Lance table it updates."""
+    if not spec.previous_uri:
+        return None
+    if getattr(sink, "live", False):
+        if sink._dataset() is None:
+            return None  # the first run of a nightly update: nothing to compare with yet
+        return LiveTable(sink.lance, sink.uri, sink.lance_options)
+    return PreviousOutput(spec.previous_uri, spec.output.storage_options, policy)
+
+
 def run_job(
     spec: JobSpec | dict[str, Any] | str,
     *,
@@ -91,6 +103,8 @@ def run_job(
     sink = open_sink(spec, policy)
     existing = sink.existing_job(overwrite)
     plan = plan_job(spec)  # reads the input only: a bad input fails here, before the output is touched
+    if existing is not None and not sink.resumes(existing, plan):
+        existing = None  # a new run over the output: a live table's update from another input
     lease = Lease(sink.store)
     lease.acquire()  # one runner per output: a second one is refused while this one's heartbeat is fresh
     try:
@@ -115,20 +129,18 @@ def _run(
     import ray
 
     policy = sink.store.policy
-    previous = (
-        PreviousOutput(spec.previous_uri, spec.output.storage_options, policy) if spec.previous_uri else None
-    )
+    previous = _previous(spec, sink, policy)
     started_ray = connect_ray(address)
     pool = None
     bar = None
     try:
         # One read of the manifest serves the resume set and the progress of the shards already in.
-        records = None if overwrite else sink.records()
+        records = None if overwrite or existing is None else sink.records()
         committed = set(records.column("shard_id").to_pylist()) if records is not None else set()
         todo = [s for s in plan.shards if s.shard_id not in committed]
         pool = get_pool(spec, max(1, len(todo)), keep_warm and not started_ray)
         keys = None
-        if existing is None and not overwrite and previous is None and spec.input.id_column:
+        if existing is None and not overwrite and not spec.previous_uri and spec.input.id_column:
             # A new output and only the duplicate check to do: it reads ids while the replicas load the model.
             keys = run_key_pass(spec, plan, sink.store, None, False, None, _key_pass_fingerprint(spec, plan))
         info = first_info(pool, spec)

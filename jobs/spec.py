@@ -202,13 +202,16 @@ class JobSpec:
         if o.kind != "lance" and (o.vector_index != "none" or o.id_index):
             field_name = "output.vector_index" if o.vector_index != "none" else "output.id_index"
             raise SpecError(f"{field_name}: an index is built on a Lance output only (output.format: lance)")
-        if self.previous_uri and self.previous_uri.rstrip("/").endswith(".lance"):
+        same = bool(self.previous_uri) and self.previous_uri.rstrip("/") == o.uri.rstrip("/")
+        if o.kind == "lance" and self.previous_uri and not same:
             raise SpecError(
-                f"previous: {self.previous_uri!r} is a Lance output; --previous reads a Parquet output for now"
+                f"previous: {self.previous_uri!r}: a Lance output is updated in place; set previous to "
+                f"output.uri itself ({o.uri!r}) to update it, or leave it unset"
             )
-        if o.kind == "lance" and self.previous_uri:
+        if o.kind != "lance" and self.previous_uri and self.previous_uri.rstrip("/").endswith(".lance"):
             raise SpecError(
-                "previous: incremental runs write a Parquet output for now; a Lance output is written in full"
+                f"previous: {self.previous_uri!r} is a Lance table; it is updated in place: set output.uri "
+                "to it as well"
             )
         _positive(c.replicas, "compute.replicas")
         if c.gpus_per_replica is not None and c.gpus_per_replica < 0:
@@ -224,9 +227,10 @@ class JobSpec:
         _positive(p.retries, "policy.retries")
         _positive(p.shard_attempts, "policy.shard_attempts")
         _positive(p.max_text_chars, "policy.max_text_chars")
-        if self.previous_uri and self.previous_uri.rstrip("/") == o.uri.rstrip("/"):
+        if same and o.kind != "lance":
             raise SpecError(
-                f"previous: {self.previous_uri!r} is output.uri itself; point it at an earlier run's output"
+                f"previous: {self.previous_uri!r} is output.uri itself; point it at an earlier run's output "
+                "(only a Lance output is updated in place)"
             )
         if self.previous and i.previous and self.previous != i.previous:
             raise SpecError(f"previous: {self.previous!r} disagrees with input.previous {i.previous!r}")

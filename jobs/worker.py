@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from embedder.prefetch import prefetch
 from jobs.faults import maybe_fail
-from jobs.fingerprint import digest, settings_fingerprint, text_hashes, weights_fingerprint
+from jobs.fingerprint import digest, match_hashes, settings_fingerprint, text_hashes, weights_fingerprint
 from jobs.keypass import read_reused
 from jobs.read import ID, ROW, TEXT, iter_shard_batches
 from jobs.retry import RetryPolicy
@@ -154,7 +154,8 @@ class ShardWorker:
         hashes: list[str] = []
         passthrough: dict[str, list[pa.Array]] = {c: [] for c in self.spec.input.passthrough}
         errors: list[dict[str, Any]] = []
-        reused = 0
+        reused = 0  # vectors copied from a previous output
+        kept = 0  # a live table's unchanged rows, left where they are
         filled = 0
         batch_rows = self.spec.compute.batch_size * BATCHES_PER_READ
         batches = iter_shard_batches(shard, self.spec.input, batch_rows, self.policy)
@@ -188,8 +189,15 @@ class ShardWorker:
             keep = [p for p in range(len(raw_texts)) if p not in bad_pos]
             texts = [text_at[p] for p in keep]
             batch_hashes = text_hashes(texts)
+            if reusable and self.sink.keeps_unchanged:
+                stay = self._unchanged(shard, batch, rows, keep, batch_hashes, reusable)
+                if stay:
+                    keep = [p for k, p in enumerate(keep) if k not in stay]
+                    texts = [t for k, t in enumerate(texts) if k not in stay]
+                    batch_hashes = [h for k, h in enumerate(batch_hashes) if k not in stay]
+                    kept += len(stay)
             to_embed = list(range(len(keep)))
-            if reusable:
+            if reusable and not self.sink.keeps_unchanged:
                 to_embed = []
                 for k, p in enumerate(keep):
                     hit = reusable.get(rows[p])
@@ -219,12 +227,38 @@ class ShardWorker:
             err = pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA)
         counts = {
             "embedded": filled - reused,
-            "reused": reused,
+            "reused": reused + kept,
             "text_hash_digest": digest(hashes, size=16),
             "tokens": self.stats().get("tokens", 0) - tokens_before,
             "seconds": round(time.perf_counter() - started, 3),
         }
         return self.sink.write_shard(shard, table, err, counts)
+
+    def _unchanged(
+        self,
+        shard: Shard,
+        batch: pa.Table,
+        rows: list[int],
+        keep: list[int],
+        hashes: list[str],
+        reusable: dict[int, tuple[str, Any]],
+    ) -> set[int]:
+        """Positions in `keep` of the rows a live table holds unchanged (same id, text and passthrough values)."""
+        columns = list(self.spec.input.passthrough)
+        compare = match_hashes(hashes, batch.select(columns).take(pa.array(keep, pa.int64())))
+        stay = set()
+        for k, p in enumerate(keep):
+            hit = reusable.get(rows[p])
+            if hit is None:
+                continue
+            if hit[0] != compare[k]:
+                # Skipping it would leave a stale row, embedding it a second copy: the input moved under the run.
+                raise ShardError(
+                    f"shard {shard.index} ({shard.shard_id}): row {rows[p]} of {shard.source} changed after the "
+                    "key pass read it; rerun the job once the input is stable"
+                )
+            stay.add(k)
+        return stay
 
 
 def _str(value: Any) -> str | None:

@@ -4,6 +4,7 @@ stores: one complete upload)."""
 from __future__ import annotations
 
 import io
+import os
 import posixpath
 import uuid
 from collections.abc import Callable
@@ -101,6 +102,49 @@ def write_atomic(fs: Any, root: str, rel: str, data: bytes, policy: RetryPolicy,
     call_with_retries(put, what=f"{what}: write {staged}", policy=policy)
     call_with_retries(move, what=f"{what}: move to {final}", policy=policy)
     return final
+
+
+def create_atomic(fs: Any, root: str, rel: str, data: bytes, policy: RetryPolicy, what: str) -> bool:
+    """Write root/rel in full only if it does not exist yet; False when it does (another writer was first).
+
+    Local disk: staged beside it, then hard-linked to the final name (the link fails if the name exists). Object stores:
+    a conditional PUT (If-None-Match) where the store offers it; elsewhere written and read back, which
+    narrows the race to two writers within the same instant.
+    """
+    final = posixpath.join(root, rel)
+    if is_local(fs):
+        staged = f"{final}.{uuid.uuid4().hex}.tmp"  # beside the final name: a refused create leaves nothing
+
+        def put_and_link() -> bool:
+            maybe_fail("storage.write", key=final)
+            fs.makedirs(posixpath.dirname(final), exist_ok=True)
+            with open(staged, "wb") as f:
+                f.write(data)
+            try:
+                os.link(staged, final)
+            except FileExistsError:
+                with open(final, "rb") as f:
+                    return f.read() == data  # ours when an earlier attempt made it
+            finally:
+                os.remove(staged)
+            return True
+
+        return call_with_retries(put_and_link, what=f"{what}: create {final}", policy=policy)
+
+    def put() -> bool:
+        maybe_fail("storage.write", key=final)
+        try:
+            fs.pipe_file(final, data, mode="create")
+        except FileExistsError:
+            pass
+        except Exception as e:  # a 412 Precondition Failed arrives as another error on some stores
+            if not ("PreconditionFailed" in repr(e) or "412" in str(e)):
+                raise
+        # Ours if it holds our bytes: also when an earlier attempt landed but its answer was lost.
+        with fs.open(final, "rb") as f:
+            return f.read() == data
+
+    return call_with_retries(put, what=f"{what}: create {final}", policy=policy)
 
 
 def retried(fn: Callable[[], Any], what: str, policy: RetryPolicy, key: str = "") -> Any:

@@ -17,7 +17,8 @@ def open_sink(spec: JobSpec, policy: RetryPolicy | None = None) -> Sink:
     if o.kind == "lance":
         from jobs.sinks.lance import LanceSink
 
-        return LanceSink(o.uri, o.storage_options, policy, o.vector_index, o.id_index)
+        live = bool(spec.previous_uri) and spec.previous_uri.rstrip("/") == o.uri.rstrip("/")
+        return LanceSink(o.uri, o.storage_options, policy, o.vector_index, o.id_index, live=live)
     return ParquetSink(o.uri, o.storage_options, policy, o.compression)
 
 

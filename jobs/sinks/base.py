@@ -1,7 +1,7 @@
 """The sink lifecycle, after Ray Data's Datasink: one object owns how an output is started, how each shard
 is committed exactly once, and how the output is completed or left after a failure.
 
-Driver:  existing_job -> prepare -> on_write_start -> on_shard_written (each) -> on_write_complete
+Driver:  existing_job -> resumes -> prepare -> on_write_start -> on_shard_written (each) -> on_write_complete
                                                                                or on_write_failed
 Replica: committed_record (skip a shard already in) -> write_shard (stage, commit, record)
 """
@@ -20,6 +20,8 @@ class Sink(ABC):
     """One job output. Nothing outside a sink knows how a shard is committed."""
 
     uri: str
+    # True where unchanged rows stay in the output as they are (a live table), instead of being written again.
+    keeps_unchanged = False
 
     # --- driver ---
     @abstractmethod
@@ -29,6 +31,10 @@ class Sink(ABC):
     @abstractmethod
     def records(self) -> pa.Table:
         """Every committed shard's record, ordered by shard index: the only shards a rerun skips."""
+
+    def resumes(self, existing: dict[str, Any], plan: Plan) -> bool:
+        """Whether a run of `plan` continues the run whose job metadata is `existing` (else it starts anew)."""
+        return True
 
     @abstractmethod
     def prepare(self, existing: dict[str, Any] | None, job: dict[str, Any], overwrite: bool) -> None:

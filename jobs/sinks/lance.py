@@ -1,16 +1,20 @@
-"""The Lance sink: one Lance dataset (id, embedding, text_hash, passthrough columns), optionally indexed.
+"""The Lance sink: one Lance table (id, embedding, text_hash, passthrough columns), optionally indexed.
 
-Commit sequence of a shard:
-1. the replica writes the shard's rows as Lance fragments (data files no version refers to yet) and its
-   quarantined rows to `_embedjob/_errors/<shard>.parquet`, and returns the fragments with its record;
-2. the driver commits them as one Lance version whose commit message is the shard's record: the commit point.
-   A shard's rows are in one committed version or in none;
-3. the driver folds the records into `_embedjob/_manifest/` as the Parquet sink does.
-A rerun takes the manifest plus the records in the messages of versions newer than it, so a crash between a
-commit and its manifest record neither loses nor duplicates the shard. Fragments of a shard that was never
-committed are files no version refers to: invisible to readers, and removed by Lance's cleanup.
+Commit sequence of a shard (in the replica that embedded it), as the Parquet sink's:
+1. `_embedjob/_errors/<shard>.parquet` with its quarantined rows, if any;
+2. the shard's rows as Lance fragments: data files that no version of the table refers to yet;
+3. `_embedjob/_manifest/<shard>.json`, the record, listing the fragments: the commit point of the shard.
+Then one commit per run, at the end: a single Lance version adds every record's fragments (and, for an update
+of a live table, deletes the rows the run replaced or found gone). Readers see the table before the run or
+after it, never half of it; the version's commit message names the run, so a rerun after a crash between the
+commit and `_SUCCESS` does not commit twice. Fragments of a shard without a record are files no version refers
+to: invisible, redone by a rerun, and removed by Lance's cleanup of old files.
 
-The job's metadata (_job.json, _plan.parquet, manifest, _SUCCESS) lives in `<dataset>/_embedjob/`.
+A run whose `--previous` is the output itself updates the live table (jobs.sinks.lance_table): rows whose id,
+text and passthrough values are unchanged stay where they are, untouched; changed and new rows are embedded and
+added; the old rows of changed ids and the ids gone from the input are deleted, all in the run's one version.
+The job's metadata (_job.json, _plan.parquet, manifest, _SUCCESS) lives in `<table>/_embedjob/`, for the
+latest run; every run's summary is also the commit message of its version.
 """
 
 from __future__ import annotations
@@ -20,56 +24,29 @@ import posixpath
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from jobs.manifest import OutputConflict, OutputStore, records_to_table
+from jobs.manifest import OutputConflict, OutputStore, check_compatible
 from jobs.retry import RetryPolicy, call_with_retries
-from jobs.shards import Shard
+from jobs.shards import Plan, Shard
+from jobs.sinks.lance_table import (
+    MESSAGE_KEY,
+    META_DIR,
+    SCHEMA_KEY,
+    LiveTable,
+    import_lance,
+    lance_storage_options,
+)
 from jobs.sinks.parquet import ParquetSink, shard_record
+from jobs.write import parquet_bytes
 
-META_DIR = "_embedjob"
-MESSAGE_KEY = "__lance_commit_message"
-# What a Lance dataset folder holds besides our metadata folder.
+SCHEMA_FILE = "_schema.parquet"  # an empty table of the shards' schema
+# What a Lance table folder holds besides our metadata folder.
 LANCE_NAMES = ("_versions", "_transactions", "_indices", "_deletions", "_refs", "data", META_DIR)
 INDEX_TYPES = {"ivf_pq": "IVF_PQ", "ivf_hnsw_sq": "IVF_HNSW_SQ", "ivf_flat": "IVF_FLAT"}
 
 
-def import_lance() -> Any:
-    """The `lance` module, or an error saying what to install."""
-    try:
-        import lance
-    except ImportError as e:
-        raise ImportError(
-            "output.format: lance needs the pylance package: pip install 'embedjob[lance]' (or pylance)"
-        ) from e
-    return lance
-
-
-def lance_storage_options(options: dict[str, Any]) -> dict[str, str]:
-    """fsspec/s3fs storage options as Lance's object-store options (credentials, endpoint, region)."""
-    client = options.get("client_kwargs") or {}
-    endpoint = options.get("endpoint_url") or client.get("endpoint_url")
-    out = {
-        "aws_access_key_id": options.get("key"),
-        "aws_secret_access_key": options.get("secret"),
-        "aws_session_token": options.get("token"),
-        "aws_endpoint": endpoint,
-        "aws_region": client.get("region_name") or options.get("region_name"),
-    }
-    if endpoint and endpoint.startswith("http://"):
-        out["allow_http"] = "true"
-    return {k: str(v) for k, v in out.items() if v}
-
-
-def _max_version(records: pa.Table) -> int:
-    """The newest Lance version the folded records name (0: none)."""
-    if not records.num_rows:
-        return 0
-    return int(pc.max(records.column("lance_version")).as_py() or 0)
-
-
 class LanceSink(ParquetSink):
-    """A Lance dataset at the output URI; shards committed by the driver, one version each."""
+    """A Lance table at the output URI: replicas stage fragments, the driver commits them once per run."""
 
     def __init__(
         self,
@@ -79,37 +56,27 @@ class LanceSink(ParquetSink):
         vector_index: str = "none",
         id_index: bool = False,
         metric: str = "cosine",
+        live: bool = False,
     ):
         self.lance = import_lance()
         super().__init__(posixpath.join(uri.rstrip("/"), META_DIR), storage_options, policy)
         self.uri = uri
-        self.dataset_store = OutputStore(uri, storage_options, policy)
+        self.table_store = OutputStore(uri, storage_options, policy)
         self.lance_options = lance_storage_options(storage_options or {})
         self.vector_index, self.id_index, self.metric = vector_index, id_index, metric
-        self._version: int | None = None  # the latest version, followed commit by commit (see _read_version)
+        self.live = live  # --previous is this table: update it in place
+        self.keeps_unchanged = live  # replicas leave unchanged rows where they are instead of writing them
+        self._job: dict[str, Any] | None = None
 
-    def _read_version(self) -> int:
-        """The version the next commit builds on (0: no dataset yet). Opened once, then followed commit by
-        commit: the lease makes this run the table's only writer."""
-        if self._version is None:
-            ds = self._dataset()
-            self._version = ds.version if ds is not None else 0
-        return self._version
-
-    def _dataset(self) -> Any | None:
-        """The dataset at its latest version, or None when there is none yet (other errors propagate)."""
-        try:
-            return self.lance.dataset(self.uri, storage_options=self.lance_options or None)
-        except ValueError as e:
-            if "not found" in str(e).lower():
-                return None
-            raise
+    def _dataset(self, version: int | None = None) -> Any | None:
+        """The table (at `version`, default the latest), or None when there is none yet."""
+        return LiveTable.open(self.lance, self.uri, self.lance_options, version)
 
     # --- driver ---
     def existing_job(self, overwrite: bool) -> dict[str, Any] | None:
-        """_job.json from the metadata folder; refuses a folder holding files a Lance output does not."""
-        if self.dataset_store.fs.exists(self.dataset_store.root):
-            names = self.dataset_store.fs.ls(self.dataset_store.root, detail=False)
+        """_job.json from the metadata folder; refuses a folder or a table that is not an embedjob output."""
+        if self.table_store.fs.exists(self.table_store.root):
+            names = self.table_store.fs.ls(self.table_store.root, detail=False)
             others = sorted(posixpath.basename(n.rstrip("/")) for n in names)
             others = [n for n in others if n not in LANCE_NAMES]
             if others:
@@ -118,134 +85,171 @@ class LanceSink(ParquetSink):
                     f"({', '.join(repr(n) for n in others[:5])}); choose another folder"
                 )
         existing = self.store.read_json("_job.json")
-        if existing is None and not overwrite and self._dataset() is not None:
-            raise OutputConflict(
-                f"output.uri: {self.uri} is a Lance dataset no embedjob run started; "
-                "use --overwrite to replace it, or another output"
-            )
+        if existing is None and not overwrite:
+            ds = self._dataset()
+            if ds is not None and SCHEMA_KEY.encode() not in (ds.schema.metadata or {}):
+                raise OutputConflict(
+                    f"output.uri: {self.uri} is a Lance table no embedjob run wrote; "
+                    "use --overwrite to replace it, or another output"
+                )
+            if ds is not None and not self.live:
+                raise OutputConflict(
+                    f"output.uri: {self.uri} is an embedjob Lance table without the metadata of a run; "
+                    f"update it with --previous {self.uri}, or replace it with --overwrite"
+                )
         return existing
 
+    def resumes(self, existing: dict[str, Any], plan: Plan) -> bool:
+        """A live update of another input is a new run over the table, not a resume of the last one."""
+        return not self.live or existing.get("plan_fingerprint") == plan.fingerprint
+
     def prepare(self, existing: dict[str, Any] | None, job: dict[str, Any], overwrite: bool) -> None:
-        """--overwrite: delete the dataset and its metadata; otherwise check that the job may resume."""
+        """--overwrite: delete the table and its metadata. A new live update: check that the table's vectors
+        come from the same settings, and drop the last run's metadata. Otherwise check that the job may resume."""
         if overwrite:
-            fs, root = self.dataset_store.fs, self.dataset_store.root
+            fs, root = self.table_store.fs, self.table_store.root
             if fs.exists(root):
                 for entry in fs.ls(root, detail=False):
                     if posixpath.basename(entry.rstrip("/")) != META_DIR:
                         fs.rm(entry, recursive=True)
             self.store.clear()  # the metadata folder, but this run's lease
-            self._version = None
-        else:
-            super().prepare(existing, job, overwrite)
-            # Shards an earlier run committed but did not fold (it was killed): fold them now, so the manifest
-            # covers every version before this run's first commit.
-            self.store.fold(self._late(self.store.records_table()))
+        elif existing is not None:
+            check_compatible(existing, job, self.uri)
+        elif self.live:
+            ds = self._dataset()
+            made_with = LiveTable.job_of(ds) if ds is not None else None
+            if made_with is not None and made_with.get("settings_fingerprint") != job["settings_fingerprint"]:
+                raise OutputConflict(
+                    f"output.uri: {self.uri}: the table's vectors were made with other model settings "
+                    f"(model {made_with.get('model')!r}); a live table is updated only with the same ones. "
+                    "Write a new table (another output.uri) and switch readers to it, or rebuild this one with "
+                    "--overwrite"
+                )
+            self.store.clear()  # the last run's metadata, but this run's lease
 
-    def records(self) -> pa.Table:
-        """The manifest plus the records of versions committed after it (a crash before they were folded)."""
-        table = self.store.records_table()
-        late = self._late(table)
-        if late:
-            table = pa.concat_tables([table, records_to_table(late)]).sort_by("index")
-        return table
-
-    def _late(self, folded: pa.Table) -> list[dict[str, Any]]:
-        """Records of versions committed after the newest folded one, not folded themselves."""
-        known = set(folded.column("shard_id").to_pylist())
-        return [r for r in self._committed_messages(_max_version(folded)) if r["shard_id"] not in known]
-
-    def _committed_messages(self, after: int = 0) -> list[dict[str, Any]]:
-        """The shard records in the commit messages of the versions after `after`."""
-        ds = self._dataset()
-        if ds is None or ds.version <= after:
-            return []
-        out = []
-        # Newest first: the k-th transaction made version ds.version - k.
-        for k, tx in enumerate(ds.get_transactions(ds.version - after)):
-            message = (tx.transaction_properties or {}).get(MESSAGE_KEY) if tx is not None else None
-            if message and message.startswith("{"):
-                record = json.loads(message)
-                if "shard_id" in record:
-                    out.append({**record, "lance_version": ds.version - k})
-        return out
-
-    def on_shard_written(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Commit the shard's fragments as one version (its record in the message), then fold as Parquet does."""
-        if record.get("skipped"):
-            return record
-        fragments, schema = record.pop("_fragments"), record.pop("_schema")
-        read_version = self._read_version()
-        if not read_version and (self._received or self.store.committed_ids()):
-            raise OutputConflict(
-                f"output.uri: {self.uri}: the manifest lists shards but the Lance dataset is gone"
-            )
-        op = (
-            self.lance.LanceOperation.Append(fragments)
-            if read_version
-            else self.lance.LanceOperation.Overwrite(schema, fragments)
-        )
-        attempts = 0
-
-        def commit() -> int:
-            nonlocal attempts
-            attempts += 1
-            if attempts > 1:
-                # The last attempt may have committed before its answer was lost: never append twice.
-                for r in self._committed_messages(read_version):
-                    if r["shard_id"] == record["shard_id"]:
-                        return r["lance_version"]
-            return self.lance.LanceDataset.commit(
-                self.uri,
-                op,
-                read_version=read_version,
-                storage_options=self.lance_options or None,
-                commit_message=json.dumps(record, default=str, sort_keys=True),
-            ).version
-
-        what = f"output {self.uri}: commit shard {record['shard_id']}"
-        record["lance_version"] = self._version = call_with_retries(
-            commit, what=what, policy=self.store.policy
-        )
-        return super().on_shard_written(record)
-
-    def _fold_all(self) -> pa.Table:
-        """Fold the records of versions no manifest file lists yet, then everything into manifest.parquet."""
-        self.store.fold(self._late(self.store.records_table()))
-        return self.store.fold_all()
+    def on_write_start(self, existing: dict[str, Any] | None, job: dict[str, Any], plan: Plan) -> None:
+        """_job.json (with the table version this run builds on), then _plan.parquet."""
+        if existing is None:
+            ds = self._dataset()
+            job = {**job, "lance_base_version": ds.version if ds is not None else 0}
+        self._job = existing or job
+        super().on_write_start(existing, self._job, plan)
 
     def _finish(self, records: pa.Table, written: int) -> dict[str, Any]:
-        """Check the table's row count against the manifest, then build the asked-for indexes."""
+        """Commit the run's fragments (and deletions) as one version, check the row count, build indexes."""
+        base = int(self._job.get("lance_base_version") or 0)
+        run = {"run": self._job["plan_fingerprint"], "base_version": base}
+        done = self._committed(run, base) or self._commit(records, run, base)
         ds = self._dataset()
-        rows = ds.count_rows() if ds is not None else 0
+        rows = ds.count_rows()
         if rows != written:
             raise OutputConflict(
-                f"output.uri: {self.uri}: the table holds {rows} rows, the manifest {written}"
+                f"output.uri: {self.uri}: the table holds {rows} rows after version {done['version']}, "
+                f"the manifest {written}"
             )
         if rows:
-            if self.id_index:
-                ds.create_scalar_index("id", "BTREE", replace=True)
-            if self.vector_index != "none":
-                partitions = max(1, min(256, int(rows**0.5)))
-                kwargs: dict[str, Any] = {"num_partitions": partitions, "metric": self.metric}
-                if self.vector_index == "ivf_pq":
-                    width = ds.schema.field("embedding").type.list_size
-                    kwargs["num_sub_vectors"] = next(d for d in (16, 8, 4, 2, 1) if width % d == 0)
-                ds.create_index("embedding", INDEX_TYPES[self.vector_index], replace=True, **kwargs)
-        return {"indexed": None, "lance_version": self._dataset().version if rows else None}
+            self._build_indexes(ds, rows)
+        return {"indexed": None, "lance_version": done["version"], "deleted_rows": done["deleted_rows"]}
+
+    def _committed(self, run: dict[str, Any], base: int) -> dict[str, Any] | None:
+        """This run's commit message, with its version, if the run already committed (a crash before
+        _SUCCESS, or a commit whose answer was lost); None otherwise."""
+        ds = self._dataset()
+        if ds is None or ds.version <= base:
+            return None
+        for k, tx in enumerate(ds.get_transactions(ds.version - base)):  # newest first
+            message = (tx.transaction_properties or {}).get(MESSAGE_KEY) if tx is not None else None
+            if message and message.startswith("{"):
+                found = json.loads(message)
+                if found.get("run") == run["run"] and found.get("base_version") == base:
+                    return {**found, "version": ds.version - k}
+        return None
+
+    def _commit(self, records: pa.Table, run: dict[str, Any], base: int) -> dict[str, Any]:
+        """One version: Overwrite for a new table, Update (added fragments, deletions) for a live one."""
+        lance = self.lance
+        fragments = [
+            lance.fragment.FragmentMetadata.from_json(json.dumps(f))
+            for listed in records.column("fragments").to_pylist()
+            if listed
+            for f in json.loads(listed)
+        ]
+        dropped = 0
+        if base:
+            table = LiveTable(self.lance, self.uri, self.lance_options, base)
+            removed, updated, dropped = table.deletions(self.store)
+            op = lance.LanceOperation.Update(
+                removed_fragment_ids=removed, updated_fragments=updated, new_fragments=fragments
+            )
+        else:
+            schema = self._read_schema()
+            job = {k: self._job.get(k) for k in ("settings_fingerprint", "weights_fingerprint")}
+            job["model"] = self._job.get("model", {}).get("name")
+            meta = {**(schema.metadata or {}), SCHEMA_KEY.encode(): json.dumps(job).encode()}
+            op = lance.LanceOperation.Overwrite(schema.with_metadata(meta), fragments)
+        message = {**run, "shards": records.num_rows, "deleted_rows": dropped}
+
+        def commit() -> dict[str, Any]:
+            done = self._committed(run, base)  # an attempt whose answer was lost may have landed
+            if done is not None:
+                return done
+            ds = lance.LanceDataset.commit(
+                self.uri,
+                op,
+                read_version=base,
+                storage_options=self.lance_options or None,
+                commit_message=json.dumps(message),
+            )
+            return {**message, "version": ds.version}
+
+        return call_with_retries(commit, what=f"output {self.uri}: commit the run", policy=self.store.policy)
+
+    def _read_schema(self) -> pa.Schema:
+        """The shards' Arrow schema (a replica writes it before its first record)."""
+        table = self.store.read_table(SCHEMA_FILE)
+        if table is None:
+            raise OutputConflict(f"output {self.store.path(SCHEMA_FILE)}: missing; rerun with --overwrite")
+        return table.schema
+
+    def _build_indexes(self, ds: Any, rows: int) -> None:
+        """The scalar index on id and the vector index: built once, then brought up to date each run."""
+        have = {tuple(d.field_names) for d in ds.describe_indices()}
+        if self.id_index and ("id",) not in have:
+            ds.create_scalar_index("id", "BTREE")
+        if self.vector_index != "none" and ("embedding",) not in have:
+            partitions = max(1, min(256, int(rows**0.5)))
+            kwargs: dict[str, Any] = {"num_partitions": partitions, "metric": self.metric}
+            if self.vector_index == "ivf_pq":
+                width = ds.schema.field("embedding").type.list_size
+                kwargs["num_sub_vectors"] = next(d for d in (16, 8, 4, 2, 1) if width % d == 0)
+            ds.create_index("embedding", INDEX_TYPES[self.vector_index], **kwargs)
+        elif have:
+            ds.optimize.optimize_indices()  # adds the run's new rows to the existing indexes
 
     # --- replica ---
     def write_shard(
         self, shard: Shard, table: pa.Table, errors: pa.Table | None, counts: dict[str, Any]
     ) -> dict[str, Any]:
-        """Errors file, then the shard's fragments (not yet in any version); the driver commits them."""
+        """Errors file, the shard's fragments (in no version yet), then the record listing them."""
         errors_file = self.write_errors(shard, errors)
+        self._write_schema(table.schema)
+        fragments: list[Any] = []
+        if table.num_rows:
 
-        def write() -> list[Any]:
-            return self.lance.fragment.write_fragments(
-                table, self.uri, schema=table.schema, storage_options=self.lance_options or None
-            )
+            def write() -> list[Any]:
+                return self.lance.fragment.write_fragments(
+                    table, self.uri, schema=table.schema, storage_options=self.lance_options or None
+                )
 
-        what = f"shard {shard.shard_id}: write fragments to {self.uri}"
-        fragments = call_with_retries(write, what=what, policy=self.store.policy)
+            what = f"shard {shard.shard_id}: write fragments to {self.uri}"
+            fragments = call_with_retries(write, what=what, policy=self.store.policy)
         record = shard_record(shard, None, table, errors, errors_file, counts)
-        return {**record, "_fragments": fragments, "_schema": table.schema}
+        # Rows left unchanged in the table are this shard's rows too.
+        record["rows"] += counts.get("reused", 0) if self.keeps_unchanged else 0
+        record["fragments"] = json.dumps([f.to_json() for f in fragments])
+        return self.commit_record(record)
+
+    def _write_schema(self, schema: pa.Schema) -> None:
+        """The table's Arrow schema, for the run's commit (written by the first shard to find none)."""
+        if not self.store.exists(SCHEMA_FILE):
+            self.store.write_bytes(SCHEMA_FILE, parquet_bytes(schema.empty_table(), "zstd"))

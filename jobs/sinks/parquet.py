@@ -4,7 +4,8 @@ Commit sequence of a shard (in the replica that embedded it):
 1. `_errors/<shard>.parquet` with its quarantined rows, if any;
 2. `part-<index>-<shard>.parquet` at its final name, whole or not at all (local: a staged file renamed;
    object stores: one PUT, or a multipart upload completed only at the end);
-3. `_manifest/<shard>.json`, the record: the commit point. Readers and reruns trust only records.
+3. `_manifest/<shard>.json`, the record, created only if absent (a hard link on local disk, If-None-Match
+   on S3): the commit point. Readers and reruns trust only records.
 A rerun skips shards with a record and rewrites any other file, so a crash between steps loses nothing and
 duplicates nothing.
 """
@@ -168,9 +169,15 @@ class ParquetSink(Sink):
         errors_file = self.write_errors(shard, errors)
         name = part_name(shard.index, shard.shard_id)
         self.store.write_bytes(name, parquet_bytes(table, self.compression))
-        record = shard_record(shard, name, table, errors, errors_file, counts)
-        self.store.write_json(self.store.record_name(shard.shard_id), record)
-        return record
+        return self.commit_record(shard_record(shard, name, table, errors, errors_file, counts))
+
+    def commit_record(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Create the shard's record, the commit point; if another runner's replica created it first, its
+        record stands and this one's work is dropped (two runners never both commit a shard)."""
+        name = self.store.record_name(record["shard_id"])
+        if self.store.create_json(name, record):
+            return record
+        return {**(self.store.read_json(name) or record), "skipped": True}
 
     def write_errors(self, shard: Shard, errors: pa.Table | None) -> str | None:
         """The shard's quarantined rows as _errors/<shard>.parquet (None when there are none)."""

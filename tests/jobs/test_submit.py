@@ -269,6 +269,16 @@ def test_nightly_rayjob_points_previous_at_last_good_run() -> None:
         nightly.nightly_rayjob(bad, "s3://b/n", now, None)
 
 
+def test_nightly_rayjob_updates_a_lance_table_in_place() -> None:
+    """A `.lance` prefix is one live table: every night's --output and --previous; a full run overwrites it."""
+    now = dt.datetime(2026, 11, 25, 2, 0, 5, tzinfo=dt.timezone.utc)
+    table = "s3://b/vectors.lance"
+    doc = nightly.nightly_rayjob(TEMPLATE, table, now, table)
+    assert shlex.split(doc["spec"]["entrypoint"])[3:] == ["--output", table, "--previous", table]
+    full = nightly.nightly_rayjob(TEMPLATE, table, now, None)
+    assert shlex.split(full["spec"]["entrypoint"])[3:] == ["--output", table, "--overwrite"]
+
+
 def test_nightly_command_prints_rayjob_yaml(tmp_path: Path) -> None:
     """What the CronJob runs: `python -m jobs.nightly nightly-rayjob ...` prints the RayJob on stdout."""
     template = tmp_path / "t.yaml"
