@@ -25,6 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from jobs.faults import maybe_fail
 from jobs.manifest import OutputConflict, OutputStore, check_compatible
 from jobs.retry import RetryPolicy, call_with_retries
 from jobs.shards import Plan, Shard
@@ -193,6 +194,16 @@ class LanceSink(ParquetSink):
             done = self._committed(run, base)  # an attempt whose answer was lost may have landed
             if done is not None:
                 return done
+            latest = self._dataset()
+            now = latest.version if latest is not None else 0
+            if now != base:
+                # Lance would land an Append or Overwrite on top of a newer version; this run's deletions
+                # and its row count were worked out against `base`.
+                raise OutputConflict(
+                    f"output.uri: {self.uri}: the table moved from version {base} to {now} while this "
+                    "run was writing (another writer); rerun to update it from its new state"
+                )
+            maybe_fail("storage.write", key=f"{self.uri}/_versions")
             ds = lance.LanceDataset.commit(
                 self.uri,
                 op,
@@ -200,6 +211,7 @@ class LanceSink(ParquetSink):
                 storage_options=self.lance_options or None,
                 commit_message=json.dumps(message),
             )
+            maybe_fail("storage.ack", key=f"{self.uri}/_versions")  # (tests) landed, but the answer is lost
             return {**message, "version": ds.version}
 
         return call_with_retries(commit, what=f"output {self.uri}: commit the run", policy=self.store.policy)
@@ -237,6 +249,9 @@ class LanceSink(ParquetSink):
         if table.num_rows:
 
             def write() -> list[Any]:
+                maybe_fail(
+                    "storage.write", key=f"{self.uri}/data", shard=shard.shard_id, shard_index=shard.index
+                )
                 return self.lance.fragment.write_fragments(
                     table, self.uri, schema=table.schema, storage_options=self.lance_options or None
                 )

@@ -163,6 +163,53 @@ def _events(log_file) -> list[dict]:
     return [json.loads(line) for line in open(log_file, encoding="utf-8") if line.startswith("{")]
 
 
+# The fault tests below run against both sinks where the fault and the invariant are the same.
+SINKS = ["parquet", "lance"]
+
+
+def _out(base: str, sink: str) -> str:
+    """The output URI of a test: a folder of part files, or a Lance dataset (the .lance suffix picks it)."""
+    if sink == "lance":
+        pytest.importorskip("lance")
+    return f"{base}/out.lance" if sink == "lance" else base
+
+
+def _shard_write_rule(sink: str, index: int, **extra) -> dict:
+    """A rule failing the writes of shard `index`'s rows: its part file (jobs/write.py), or its Lance
+    fragments (the fault point in LanceSink.write_shard: Lance writes them through its own object store,
+    not fsspec, so jobs/write.py's points never see them)."""
+    if sink == "lance":
+        return {"point": "storage.write", "match": ".lance/data", "shard_index": index, **extra}
+    return {"point": "storage.write", "match": f"part-{index:05d}-", **extra}
+
+
+def _first_commit_made(sink: str, out: str) -> bool:
+    """Whether a local output holds a committed shard: a manifest record (a Lance table's in _embedjob/)."""
+    folder = os.path.join(out, "_embedjob" if sink == "lance" else "", "_manifest")
+    return os.path.isdir(folder) and any(n.endswith(".json") for n in os.listdir(folder))
+
+
+def _check_exactly_once(
+    sink: str, out: str, expected: dict[str, str], model_path: str, jobio, fs, storage_options=None
+) -> None:
+    """Every input row exactly once in the committed output of either sink, vectors equal to encode()."""
+    if sink == "lance":
+        _assert_lance_exactly_once(out, expected, model_path, storage_options)
+    else:
+        _assert_exactly_once(fs, out, expected, model_path, jobio)
+
+
+def _committed(sink: str, out: str, jobio, fs, storage_options=None) -> tuple[list[dict], list]:
+    """(manifest records, ids of the committed rows) of a stopped job's output."""
+    if sink == "lance":
+        from jobs.sinks import metadata_store
+
+        records = metadata_store(out, storage_options).records()
+        return records, _lance_ids(out, storage_options) if _lance_dataset(out, storage_options) else []
+    records, table = jobio.read_output(fs, out)
+    return records, [] if table is None else table.column("id").to_pylist()
+
+
 @pytest.mark.slow
 def test_actor_dies_mid_shard(tmp_path, jobio, tiny_st_model, ray_session, rules):
     """A worker process exits on the 2nd batch of shard 1: the shard is redone, the job completes."""
@@ -183,51 +230,78 @@ def test_actor_dies_mid_shard(tmp_path, jobio, tiny_st_model, ray_session, rules
 
 
 @pytest.mark.slow
-def test_transient_storage_errors_are_retried(s3_server, jobio, tiny_st_model, ray_session, rules):
-    """Two failed writes of one shard's object and one failed read of an input file: retried, job completes."""
+@pytest.mark.parametrize("sink", SINKS)
+def test_transient_storage_errors_are_retried(sink, s3_server, jobio, tiny_st_model, ray_session, rules):
+    """Two failed writes of one shard's data and one failed read of an input file: retried, job completes.
+    Lance also: the driver's commit of the run fails once, then lands but its answer is lost once (the retry
+    finds the version that holds the run and commits nothing twice)."""
     from jobs.run import run_job
 
     inp, expected = _s3_input(s3_server, jobio)
-    out = s3_server.prefix(s3_server.buckets[1], "transient")
-    rules(
-        {"point": "storage.write", "match": "part-00001-", "times": 2, "action": "raise"},
+    out = _out(s3_server.prefix(s3_server.buckets[1], "transient"), sink)
+    injected = [
+        _shard_write_rule(sink, 1, times=2, action="raise"),
         {"point": "storage.read", "match": "part-1.parquet", "times": 1, "action": "raise"},
-    )
+    ]
+    if sink == "lance":
+        injected += [
+            {"point": "storage.write", "match": ".lance/_versions", "times": 1},
+            {"point": "storage.ack", "match": ".lance/_versions", "times": 1},
+        ]
+    rules(*injected)
     summary = run_job(
         _spec(tiny_st_model, inp, out, storage_options=s3_server.storage_options), progress=False
     )
-    assert fired(0) == 2 and fired(1) == 1
+    assert [fired(k) for k in range(len(injected))] == [2, 1] + [1] * (len(injected) - 2)
     assert summary["rows_written"] == N_ROWS
-    _assert_exactly_once(s3_server.fs(), out, expected, tiny_st_model, jobio)
+    _check_exactly_once(sink, out, expected, tiny_st_model, jobio, s3_server.fs(), s3_server.storage_options)
+
+
+# (sink, the rule that fails every write of shard 1's data, what the error names besides the shard).
+PERSISTENT = {
+    "parquet-part-file": ("parquet", _shard_write_rule("parquet", 1), "shard 1 ({shard}", "part-00001-{shard}"),
+    "lance-fragments": ("lance", _shard_write_rule("lance", 1), "shard 1 ({shard}", "write fragments to {out}"),
+}  # fmt: skip
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("case", list(PERSISTENT))
 def test_persistent_storage_error_stops_the_job_naming_shard_and_object(
-    s3_server, jobio, tiny_st_model, ray_session, rules
+    case, s3_server, jobio, tiny_st_model, ray_session, rules
 ):
-    """Every write of shard 1's data object fails: the job stops naming it; committed shards stay valid."""
+    """Every write of shard 1's data fails (Lance: its fragments): the job stops naming the shard and the
+    object; committed shards stay valid (Lance: recorded, the table not yet committed); a rerun completes."""
+    from jobs.manifest import PLAN_FILE
     from jobs.run import JobError, run_job
+    from jobs.sinks import metadata_store
 
+    sink, rule, *names = PERSISTENT[case]
     inp, expected = _s3_input(s3_server, jobio)
-    out = s3_server.prefix(s3_server.buckets[1], "persistent")
-    rules({"point": "storage.write", "match": "part-00001-", "action": "raise"})
-    spec = _spec(tiny_st_model, inp, out, storage_options=s3_server.storage_options, retries=2)
+    out = _out(s3_server.prefix(s3_server.buckets[1], "persistent"), sink)
+    so = s3_server.storage_options
+    # Shard 1 starts a second late, so shard 0 is committed before shard 1's error stops the job.
+    rules(rule, {"point": "worker.batch", "shard_index": 1, "batch": 0, "action": "sleep", "seconds": 1})
+    spec = _spec(tiny_st_model, inp, out, storage_options=so, retries=2)
     with pytest.raises(JobError) as info:
         run_job(spec, progress=False)
+    meta = metadata_store(out, so)
+    plan = meta.read_table(PLAN_FILE).to_pylist()
     message = str(info.value)
-    assert "shard 1 " in message and "part-00001-" in message and "after 2 attempts" in message
+    print(f"\n[error] {case}: {message}")
+    for name in names + ["after 2 attempts"]:
+        assert name.format(shard=plan[1]["shard_id"], out=out) in message, (name, message)
     assert fired(0) == 2  # bounded: exactly policy.retries attempts
     fs = s3_server.fs()
-    assert not fs.exists(f"{out}/_SUCCESS")
-    records, table = jobio.read_output(fs, out)
-    assert [r["index"] for r in records] == [0]  # shard 0 committed, and whole
-    ids = table.column("id").to_pylist()
-    assert len(ids) == records[0]["rows"] == 60 and set(ids) <= set(expected)
+    assert not meta.exists("_SUCCESS")
+    records, ids = _committed(sink, out, jobio, fs, so)
+    assert [r["index"] for r in records] == [0] and records[0]["rows"] == 60  # shard 0 committed, and whole
+    # A Lance run commits its table version once every shard is in: readers see no half-written table.
+    assert ids == [] if sink == "lance" else (len(ids) == 60 and set(ids) <= set(expected))
     # Fault gone: the rerun resumes and completes with every row exactly once.
     rules()
     summary = run_job(spec, progress=False)
     assert summary["skipped_shards"] == 1 and summary["rows_written"] == N_ROWS
-    _assert_exactly_once(fs, out, expected, tiny_st_model, jobio)
+    _check_exactly_once(sink, out, expected, tiny_st_model, jobio, fs, so)
 
 
 @pytest.mark.slow
@@ -320,7 +394,34 @@ def _s3_input(s3_server, jobio) -> tuple[str, dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_node_lost_mid_job(tmp_path, jobio, tiny_st_model, rules):
+def test_persistent_error_on_the_lance_commit_keeps_every_shard_for_the_rerun(
+    s3_server, jobio, tiny_st_model, ray_session, rules
+):
+    """The run's one Lance commit fails every time: the job stops naming the output; every shard is recorded
+    and no table version exists; the rerun embeds nothing and commits the table once."""
+    from jobs.retry import StorageError
+    from jobs.run import run_job
+    from jobs.sinks import metadata_store
+
+    inp, expected = _s3_input(s3_server, jobio)
+    out = _out(s3_server.prefix(s3_server.buckets[1], "commit-fails"), "lance")
+    so = s3_server.storage_options
+    rules({"point": "storage.write", "match": ".lance/_versions"})
+    spec = _spec(tiny_st_model, inp, out, storage_options=so, retries=2)
+    with pytest.raises(StorageError, match=f"output {out}: commit the run: failed after 2 attempts"):
+        run_job(spec, progress=False)
+    assert fired(0) == 2
+    records = metadata_store(out, so).records()
+    assert len(records) == 2 and _lance_dataset(out, so) is None
+    rules()
+    summary = run_job(spec, progress=False)
+    assert summary["skipped_shards"] == 2 and summary["tokens"] == 0 and summary["rows_written"] == N_ROWS
+    _assert_lance_exactly_once(out, expected, tiny_st_model, so)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sink", SINKS)
+def test_node_lost_mid_job(sink, tmp_path, jobio, tiny_st_model, rules):
     """A simulated 3-node cluster (head + 2 workers) loses a worker node holding a replica mid-job."""
     import threading
     import time
@@ -332,7 +433,7 @@ def test_node_lost_mid_job(tmp_path, jobio, tiny_st_model, rules):
     from jobs.run import run_job
 
     inp, expected = _local_input(tmp_path, jobio, rows=160, files=2)
-    out = str(tmp_path / "out")
+    out = _out(str(tmp_path / "out"), sink)
     # Slow batches (0.3 s each) so the node dies while shards are in flight.
     rules({"point": "worker.batch", "action": "sleep", "seconds": 0.3})
     had_ray = ray.is_initialized()
@@ -359,7 +460,7 @@ def test_node_lost_mid_job(tmp_path, jobio, tiny_st_model, rules):
         deadline = time.monotonic() + 120
         while victim is None and time.monotonic() < deadline and thread.is_alive():
             # Once the first shard is committed, kill a worker node that hosts a live replica.
-            if os.path.isdir(os.path.join(out, "_manifest")) and os.listdir(os.path.join(out, "_manifest")):
+            if _first_commit_made(sink, out):
                 from ray.util.state import list_actors
 
                 nodes = {
@@ -384,7 +485,7 @@ def test_node_lost_mid_job(tmp_path, jobio, tiny_st_model, rules):
         cluster.shutdown()
         if had_ray:
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    _assert_exactly_once(fsspec.filesystem("file"), out, {**expected}, tiny_st_model, jobio)
+    _check_exactly_once(sink, out, expected, tiny_st_model, jobio, fsspec.filesystem("file"))
 
 
 @pytest.mark.slow
@@ -413,17 +514,34 @@ def tmp_job_file(spec: dict) -> str:
     return f.name
 
 
-def _assert_lance_exactly_once(out: str, expected: dict[str, str], model_path: str) -> None:
-    import lance
+def _lance_dataset(out: str, storage_options: dict | None = None):
+    """The table at `out`, or None when no run has committed one."""
+    from jobs.sinks.lance_table import LiveTable, import_lance, lance_storage_options
 
+    return LiveTable.open(import_lance(), out, lance_storage_options(storage_options or {}))
+
+
+def _lance_ids(out: str, storage_options: dict | None = None) -> list:
+    return _lance_dataset(out, storage_options).to_table(columns=["id"]).column("id").to_pylist()
+
+
+def _assert_lance_exactly_once(
+    out: str, expected: dict[str, str], model_path: str, storage_options: dict | None = None
+) -> None:
     from embedder import EmbeddingModel
+    from jobs.sinks.lance_table import MESSAGE_KEY
 
-    table = lance.dataset(out).to_table()
+    ds = _lance_dataset(out, storage_options)
+    table = ds.to_table()
     ids = table.column("id").to_pylist()
     assert len(ids) == len(set(ids)) == len(expected), (len(ids), len(set(ids)), len(expected))
     assert set(ids) == set(expected)
     want = EmbeddingModel(model_path).encode([expected[i] for i in ids])
     assert np.abs(np.array(table.column("embedding").to_pylist()) - want).max() <= 1e-4
+    # The run landed in one version (its commit message names it): a retried or raced commit added nothing.
+    props = [t.transaction_properties or {} for t in ds.get_transactions(ds.version) if t is not None]
+    runs = [json.loads(p[MESSAGE_KEY]) for p in props if p.get(MESSAGE_KEY, "").startswith("{")]
+    assert len(runs) == 1, runs
     print(
         f"\n[rows] {out}: input {len(expected)}, Lance table {len(ids)} rows ({len(set(ids))} distinct ids)"
     )
@@ -482,3 +600,103 @@ def test_driver_killed_then_rerun_resumes_on_the_lance_sink(jobio, tiny_st_model
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     _assert_lance_exactly_once(out, expected, tiny_st_model)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sink", SINKS)
+def test_a_second_runner_is_refused_while_the_first_is_writing(
+    sink, tmp_path, jobio, tiny_st_model, ray_session, rules
+):
+    """Two runners on one output: once the first has committed a shard, the second (with --overwrite too)
+    is refused by the first's live lease, naming it, and touches nothing; the first completes, every row once."""
+    import re
+    import socket
+    import threading
+    import time
+
+    import fsspec
+
+    from jobs.manifest import OutputConflict
+    from jobs.run import run_job
+
+    inp, expected = _local_input(tmp_path, jobio)
+    out = _out(str(tmp_path / "out"), sink)
+    rules({"point": "worker.batch", "action": "sleep", "seconds": 1})  # 6 shards of one batch: >= 3 s
+    spec = _spec(tiny_st_model, inp, out)
+    spec["output"]["rows_per_file"] = 20
+    result: dict = {}
+
+    def first() -> None:
+        try:
+            result["summary"] = run_job(spec, progress=False)
+        except BaseException as e:  # noqa: BLE001 - reported by the assertions below
+            result["error"] = e
+
+    thread = threading.Thread(target=first, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not _first_commit_made(sink, out) and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert thread.is_alive() and _first_commit_made(sink, out), result
+        holder = re.escape(f"(host {socket.gethostname()}, pid {os.getpid()}, heartbeat")
+        for overwrite in (False, True):
+            with pytest.raises(OutputConflict, match=f"being written by another run {holder}"):
+                run_job(spec, progress=False, overwrite=overwrite)
+    finally:
+        thread.join(timeout=240)
+    assert not thread.is_alive(), "the first run hung"
+    assert "error" not in result, result.get("error")
+    assert result["summary"]["rows_written"] == N_ROWS and result["summary"]["skipped_shards"] == 0
+    _check_exactly_once(sink, out, expected, tiny_st_model, jobio, fsspec.filesystem("file"))
+
+
+def _lance_shard(index: int):
+    """A 4-row shard and its output table (ids s<index>-<row>) for the sink-level race."""
+    import pyarrow as pa
+
+    from jobs.shards import Shard
+    from jobs.write import shard_table
+
+    shard = Shard(index, f"shard{index}", "parquet", "in.parquet", "", index * 4, index * 4 + 4)
+    ids = pa.array([f"s{index}-{k}" for k in range(4)])
+    vectors = np.full((4, 8), index, np.float32)
+    return shard, shard_table(ids, vectors, [f"h{k}" for k in range(4)], {})
+
+
+COUNTS = {"embedded": 4, "reused": 0, "text_hash_digest": "-", "tokens": 0, "seconds": 0.0}
+
+
+def test_two_runners_racing_on_one_lance_output_land_each_shard_once(tmp_path):
+    """Two drivers (a stalled runner whose lease was taken over, and its successor) finish the same run of
+    a Lance output: each shard's record is created once, the run is committed once, and a commit onto a
+    table that moved since the run began is refused rather than stacked on it."""
+    pytest.importorskip("lance")
+    from jobs.manifest import OutputConflict
+    from jobs.sinks.lance import LanceSink
+
+    uri = str(tmp_path / "out.lance")
+    job = {"plan_fingerprint": "plan-1", "settings_fingerprint": "s", "model": {"name": "m"}}
+    first, second = LanceSink(uri), LanceSink(uri)
+    for sink in (first, second):
+        sink._job = {**job, "lance_base_version": 0}
+    records = [first.write_shard(*_lance_shard(0), None, COUNTS)]
+    assert second.write_shard(*_lance_shard(0), None, COUNTS)["skipped"] is True  # the first's record stands
+    records.append(second.write_shard(*_lance_shard(1), None, COUNTS))
+    table = first.records()
+    assert table.num_rows == 2
+
+    one = first._finish(table, 8)
+    two = second._finish(table, 8)  # finds the first's commit of this run: commits nothing
+    assert one["lance_version"] == two["lance_version"] == 1
+    run = {"run": "plan-1", "base_version": 0}
+    assert second._commit(table, run, 0)["version"] == 1  # even past the check in _finish
+    ids = _lance_ids(uri)
+    assert sorted(ids) == sorted(f"s{i}-{k}" for i in (0, 1) for k in range(4))
+
+    # Another run that began at version 0 (a stale driver) may not land on version 1.
+    stale = LanceSink(uri)
+    stale._job = {**job, "plan_fingerprint": "plan-2", "lance_base_version": 0}
+    with pytest.raises(OutputConflict, match="moved from version 0 to 1"):
+        stale._commit(table, {"run": "plan-2", "base_version": 0}, 0)
+    assert sorted(_lance_ids(uri)) == sorted(ids)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -47,28 +48,35 @@ def test_an_expired_lease_is_taken_over_and_a_taken_lease_stops_its_old_holder(t
     new.release()
 
 
+@pytest.mark.parametrize("output", ["out", "out.lance"])
 def test_a_job_is_refused_while_another_run_holds_its_output(
-    tmp_path, tiny_st_model, jobio, jobkit, ray_session
+    output, tmp_path, tiny_st_model, jobio, jobkit, ray_session
 ):
+    """Either sink: the lease lives in the output's metadata folder (a Lance dataset's `_embedjob/`)."""
     from jobs import run_job
+    from jobs.sinks import metadata_store
 
+    if output.endswith(".lance"):
+        pytest.importorskip("lance")
     jobkit.write_files(str(tmp_path / "in"), jobio.corpus(20, seed=51), files=1, row_group_size=10)
-    out = tmp_path / "out"
-    out.mkdir()
+    out = tmp_path / output
+    meta = metadata_store(str(out))
+    lease_file = Path(meta.path(LEASE_FILE))
+    lease_file.parent.mkdir(parents=True)
     lease = {"owner": "someone", "host": "other-host", "pid": 4242, "heartbeat_at": time.time(), "ttl_s": 60}
-    (out / LEASE_FILE).write_text(json.dumps(lease))
+    lease_file.write_text(json.dumps(lease))
     spec = jobkit.job_spec(tiny_st_model, str(tmp_path / "in"), str(out))
     with pytest.raises(OutputConflict, match="other-host, pid 4242"):
         run_job(spec, progress=False, keep_warm=True)
-    assert sorted(os.listdir(out)) == [LEASE_FILE]  # nothing else was written
+    assert [p for p in out.rglob("*") if p.is_file()] == [lease_file]  # nothing else was written
 
     from jobs.progress import output_progress
 
     lease["heartbeat_at"] = time.time() - 120  # that run died two minutes ago
-    (out / LEASE_FILE).write_text(json.dumps(lease))
+    lease_file.write_text(json.dumps(lease))
     summary = run_job(spec, progress=False, keep_warm=True)
-    assert summary["rows_written"] == 20 and not (out / LEASE_FILE).exists()
-    assert output_progress(OutputStore(str(out)))["running"] is False
+    assert summary["rows_written"] == 20 and not lease_file.exists()
+    assert output_progress(meta)["running"] is False
 
 
 def test_status_tells_running_from_stopped(tmp_path):
