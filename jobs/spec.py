@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import importlib
 import os
-from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 Precision = Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -31,34 +31,38 @@ class SpecError(ValueError):
     """An invalid job spec; the message starts with the dotted field name."""
 
 
-@dataclass
-class ModelSpec:
+class _Section(BaseModel):
+    """A spec section: strict types (no "5" for 5, no true for 1), unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ModelSpec(_Section):
     """Which model to load and how to encode with it."""
 
     name: str = ""
     revision: str | None = None
-    model_kwargs: dict = field(default_factory=dict)
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
     prompt_name: str | None = None
     prompt: str | None = None
     task: str | None = None
     normalize: bool = False
-    truncate_dim: int | None = None
-    precision: str = "float32"
-    max_seq_length: int | None = None
+    truncate_dim: int | None = Field(None, ge=1)
+    precision: Precision = "float32"
+    max_seq_length: int | None = Field(None, ge=1)
     trust_remote_code: bool = False
     allow_pickle: bool = False
 
 
-@dataclass
-class InputSpec:
+class InputSpec(_Section):
     """Where the rows come from: Parquet files (any fsspec filesystem) or a Hugging Face dataset."""
 
     uri: str | None = None
-    format: str = "auto"
-    storage_options: dict = field(default_factory=dict)
+    format: InputFormat = "auto"
+    storage_options: dict[str, Any] = Field(default_factory=dict)
     text_column: str = "text"
     id_column: str | None = None
-    passthrough: list = field(default_factory=list)
+    passthrough: list[str] = Field(default_factory=list)
     dataset: str | None = None
     config: str | None = None
     split: str | None = None
@@ -66,16 +70,15 @@ class InputSpec:
     previous: str | None = None
 
 
-@dataclass
-class OutputSpec:
+class OutputSpec(_Section):
     """Where the vectors go; one output file per shard of at most `rows_per_file` rows."""
 
     uri: str = ""
-    rows_per_file: int = 10_000
-    compression: str = "zstd"
-    storage_options: dict = field(default_factory=dict)
-    format: str = "auto"  # "auto": lance when the URI ends in .lance, else parquet
-    vector_index: str = "none"  # lance: built on the embedding column at the end of the job
+    rows_per_file: int = Field(10_000, ge=1)
+    compression: Compression = "zstd"
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    format: OutputFormat = "auto"  # "auto": lance when the URI ends in .lance, else parquet
+    vector_index: VectorIndex = "none"  # lance: built on the embedding column at the end of the job
     id_index: bool = False  # lance: a BTREE scalar index on id at the end of the job
 
     @property
@@ -86,39 +89,37 @@ class OutputSpec:
         return "lance" if self.uri.rstrip("/").endswith(".lance") else "parquet"
 
 
-@dataclass
-class ComputeSpec:
+class ComputeSpec(_Section):
     """How many model replicas, on what, with which batch size (or token budget)."""
 
-    replicas: int | None = None
-    gpus_per_replica: float | None = None
-    cpus_per_replica: int = 1
-    batch_size: int = 32
-    max_batch_tokens: int | None = None
-    device: str = "auto"
-    in_flight_per_replica: int = 2
-    wait_for_resources_s: float | None = None  # wait this long for nodes that fit a replica (autoscaling)
+    replicas: int | None = Field(None, ge=1)
+    gpus_per_replica: float | None = Field(None, ge=0)
+    cpus_per_replica: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    max_batch_tokens: int | None = Field(None, ge=1)
+    device: Device = "auto"
+    in_flight_per_replica: int = Field(2, ge=1)
+    # wait this long for nodes that fit a replica (autoscaling)
+    wait_for_resources_s: float | None = Field(None, ge=0)
 
 
-@dataclass
-class PolicySpec:
+class PolicySpec(_Section):
     """What to do about bad rows, flaky storage and dying workers."""
 
-    on_bad_row: str = "fail"
-    retries: int = 5
-    shard_attempts: int = 4
-    max_text_chars: int | None = None  # None: cut at 256 chars per token of the model's limit
+    on_bad_row: BadRowPolicy = "fail"
+    retries: int = Field(5, ge=1)
+    shard_attempts: int = Field(4, ge=1)
+    max_text_chars: int | None = Field(None, ge=1)  # None: cut at 256 chars per token of the model's limit
 
 
-@dataclass
-class JobSpec:
+class JobSpec(_Section):
     """A whole job: model, input, output, compute and policy sections, plus an optional previous output."""
 
-    model: ModelSpec = field(default_factory=ModelSpec)
-    input: InputSpec = field(default_factory=InputSpec)
-    output: OutputSpec = field(default_factory=OutputSpec)
-    compute: ComputeSpec = field(default_factory=ComputeSpec)
-    policy: PolicySpec = field(default_factory=PolicySpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    input: InputSpec = Field(default_factory=InputSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    compute: ComputeSpec = Field(default_factory=ComputeSpec)
+    policy: PolicySpec = Field(default_factory=PolicySpec)
     previous: str | None = None
 
     @classmethod
@@ -129,18 +130,13 @@ class JobSpec:
         data = dict(data)
         if isinstance(data.get("model"), str):
             data["model"] = {"name": data["model"]}
-        sections = {f.name: f.type for f in dataclasses.fields(cls)}
-        _unknown(data, sections, "")
-        kwargs: dict[str, Any] = {}
-        for name, section_cls in _SECTIONS.items():
-            value = data.get(name, {})
-            if value is None:
-                value = {}
-            if not isinstance(value, dict):
-                raise SpecError(f"{name}: expected a mapping, got {type(value).__name__} {value!r}")
-            kwargs[name] = _build(section_cls, value, name)
-        kwargs["previous"] = _check_type(data.get("previous"), "str | None", "previous")
-        spec = cls(**kwargs)
+        for name in _SECTIONS:
+            if name in data and data[name] is None:
+                data[name] = {}
+        try:
+            spec = cls.model_validate(data)
+        except ValidationError as e:
+            raise _spec_error(e) from None
         spec.validate()
         return spec
 
@@ -156,7 +152,7 @@ class JobSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain data (the form written, redacted, into _job.json)."""
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     @property
     def previous_uri(self) -> str | None:
@@ -165,15 +161,11 @@ class JobSpec:
 
     def validate(self) -> None:
         """Check cross-field rules; raise SpecError naming the field."""
-        m, i, o, c, p = self.model, self.input, self.output, self.compute, self.policy
+        m, i, o = self.model, self.input, self.output
         if not m.name:
             raise SpecError("model.name: required (a local folder, a hub id, or python-package:NAME)")
-        _choice(m.precision, PRECISIONS, "model.precision")
-        _positive(m.truncate_dim, "model.truncate_dim")
-        _positive(m.max_seq_length, "model.max_seq_length")
         if m.prompt is not None and m.prompt_name is not None:
             raise SpecError("model.prompt: give either model.prompt or model.prompt_name, not both")
-        _choice(i.format, INPUT_FORMATS, "input.format")
         if i.format == "hf_hub" or (i.format == "auto" and i.dataset):
             if not i.dataset:
                 raise SpecError("input.dataset: required when input.format is 'hf_hub'")
@@ -185,7 +177,7 @@ class JobSpec:
         if not i.text_column:
             raise SpecError("input.text_column: must be a non-empty column name")
         for k, col in enumerate(i.passthrough):
-            if not isinstance(col, str) or not col:
+            if not col:
                 raise SpecError(f"input.passthrough[{k}]: expected a column name, got {col!r}")
             if col in RESERVED_COLUMNS:
                 raise SpecError(
@@ -195,10 +187,6 @@ class JobSpec:
             raise SpecError(f"input.passthrough: duplicate column names in {i.passthrough!r}")
         if not o.uri:
             raise SpecError("output.uri: required (a folder on any fsspec filesystem)")
-        _positive(o.rows_per_file, "output.rows_per_file")
-        _choice(o.compression, COMPRESSIONS, "output.compression")
-        _choice(o.format, OUTPUT_FORMATS, "output.format")
-        _choice(o.vector_index, VECTOR_INDEXES, "output.vector_index")
         if o.kind != "lance" and (o.vector_index != "none" or o.id_index):
             field_name = "output.vector_index" if o.vector_index != "none" else "output.id_index"
             raise SpecError(f"{field_name}: an index is built on a Lance output only (output.format: lance)")
@@ -213,20 +201,6 @@ class JobSpec:
                 f"previous: {self.previous_uri!r} is a Lance table; it is updated in place: set output.uri "
                 "to it as well"
             )
-        _positive(c.replicas, "compute.replicas")
-        if c.gpus_per_replica is not None and c.gpus_per_replica < 0:
-            raise SpecError(f"compute.gpus_per_replica: must be >= 0, got {c.gpus_per_replica!r}")
-        _positive(c.cpus_per_replica, "compute.cpus_per_replica")
-        _positive(c.batch_size, "compute.batch_size")
-        _positive(c.max_batch_tokens, "compute.max_batch_tokens")
-        _positive(c.in_flight_per_replica, "compute.in_flight_per_replica")
-        _choice(c.device, DEVICES, "compute.device")
-        if c.wait_for_resources_s is not None and c.wait_for_resources_s < 0:
-            raise SpecError(f"compute.wait_for_resources_s: must be >= 0, got {c.wait_for_resources_s!r}")
-        _choice(p.on_bad_row, BAD_ROW_POLICIES, "policy.on_bad_row")
-        _positive(p.retries, "policy.retries")
-        _positive(p.shard_attempts, "policy.shard_attempts")
-        _positive(p.max_text_chars, "policy.max_text_chars")
         if same and o.kind != "lance":
             raise SpecError(
                 f"previous: {self.previous_uri!r} is output.uri itself; point it at an earlier run's output "
@@ -237,13 +211,7 @@ class JobSpec:
 
 
 RESERVED_COLUMNS = ("id", "embedding", "text_hash")
-_SECTIONS = {
-    "model": ModelSpec,
-    "input": InputSpec,
-    "output": OutputSpec,
-    "compute": ComputeSpec,
-    "policy": PolicySpec,
-}
+_SECTIONS = ("model", "input", "output", "compute", "policy")
 
 
 def resolve_model_name(name: str) -> str:
@@ -295,54 +263,44 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _build(section_cls: type, data: dict[str, Any], prefix: str) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(section_cls)}
-    _unknown(data, fields, prefix + ".")
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _check_type(value, str(fields[name].type), f"{prefix}.{name}")
-    return section_cls(**kwargs)
+# pydantic's error type -> the type named in "expected <type>, got ..."
+_EXPECTED = {
+    "string_type": "str",
+    "int_type": "int",
+    "float_type": "float",
+    "bool_type": "bool",
+    "dict_type": "dict",
+    "list_type": "list",
+    "model_type": "a mapping",
+}
 
 
-def _unknown(data: dict[str, Any], known: dict[str, Any], prefix: str) -> None:
-    for key in data:
-        if key not in known:
-            raise SpecError(f"{prefix}{key}: unknown field; valid fields are {sorted(known)}")
+def _spec_error(error: ValidationError) -> SpecError:
+    """pydantic's first error as a SpecError that starts with the dotted field name."""
+    e = error.errors()[0]
+    loc, kind, value = e["loc"], e["type"], e["input"]
+    where = str(loc[0])
+    for part in loc[1:]:
+        where += f"[{part}]" if isinstance(part, int) else f".{part}"
+    if kind == "extra_forbidden":
+        return SpecError(
+            f"{where}: unknown field; valid fields are {sorted(_model_at(loc[:-1]).model_fields)}"
+        )
+    if kind == "literal_error":
+        choices = get_args(_model_at(loc[:-1]).model_fields[loc[-1]].annotation)
+        return SpecError(f"{where}: {value!r} is not one of {list(choices)}")
+    if kind == "greater_than_equal":
+        return SpecError(f"{where}: must be >= {e['ctx']['ge']:g}, got {value!r}")
+    if kind in _EXPECTED:
+        if value is None:
+            return SpecError(f"{where}: must not be null (expected {_EXPECTED[kind]})")
+        return SpecError(f"{where}: expected {_EXPECTED[kind]}, got {type(value).__name__} {value!r}")
+    return SpecError(f"{where}: {e['msg']}, got {value!r}")
 
 
-def _check_type(value: Any, annotation: str, where: str) -> Any:
-    """Check `value` against the (string) annotation of its field; ints are accepted where floats are."""
-    optional = "None" in annotation or annotation == "Any"
-    if value is None:
-        if optional:
-            return None
-        raise SpecError(f"{where}: must not be null (expected {annotation})")
-    base = annotation.replace(" | None", "")
-    checks: dict[str, tuple[type, ...]] = {
-        "str": (str,),
-        "int": (int,),
-        "float": (int, float),
-        "bool": (bool,),
-        "dict": (dict,),
-        "list": (list,),
-    }
-    if base == "Any":
-        return value
-    allowed = checks[base]
-    if isinstance(value, bool) and base in ("int", "float"):
-        raise SpecError(f"{where}: expected {base}, got bool {value!r}")
-    if base == "list" and isinstance(value, str):
-        value = [value]
-    if not isinstance(value, allowed):
-        raise SpecError(f"{where}: expected {base}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _choice(value: Any, valid: tuple[str, ...], where: str) -> None:
-    if value not in valid:
-        raise SpecError(f"{where}: {value!r} is not one of {list(valid)}")
-
-
-def _positive(value: int | None, where: str) -> None:
-    if value is not None and value < 1:
-        raise SpecError(f"{where}: must be >= 1, got {value!r}")
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel]:
+    """The spec class at a section path: () -> JobSpec, ("model",) -> ModelSpec."""
+    cls: type[BaseModel] = JobSpec
+    for part in loc:
+        cls = cls.model_fields[part].annotation
+    return cls

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from jobs.fingerprint import NEUTRAL_FIELDS, VECTOR_FIELDS, settings_fingerprint
@@ -27,9 +25,9 @@ CHANGED = {
 
 def spec_fields() -> list[str]:
     out = ["previous"]
-    for section in dataclasses.fields(JobSpec):
-        if dataclasses.is_dataclass(section.default_factory):
-            out += [f"{section.name}.{f.name}" for f in dataclasses.fields(section.default_factory)]
+    for name, section in JobSpec.model_fields.items():
+        if name != "previous":
+            out += [f"{name}.{f}" for f in section.annotation.model_fields]
     return out
 
 

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
 
 from jobs.cli import main
-from jobs.spec import JobSpec, SpecError, resolve_model_name
+from jobs.spec import (
+    BadRowPolicy,
+    Compression,
+    Device,
+    InputFormat,
+    JobSpec,
+    OutputFormat,
+    Precision,
+    SpecError,
+    VectorIndex,
+    resolve_model_name,
+)
 
 BASE = {"model": "m", "input": {"uri": "in.parquet"}, "output": {"uri": "out"}}
 
@@ -37,12 +50,40 @@ def test_minimal_spec_defaults():
         ({"model": {"name": ""}}, "model.name: required"),
         ({"input": {"uri": "x", "passthrough": ["embedding"]}}, "input.passthrough[0]: 'embedding' clashes"),
         ({"model": {"name": "m", "prompt": "q: ", "prompt_name": "query"}}, "model.prompt: give either"),
+        ({"input": {"uri": "x", "passthrough": "lang"}}, "input.passthrough: expected list, got str 'lang'"),
+        ({"input": {"uri": "x", "passthrough": ["a", 2]}}, "input.passthrough[1]: expected str, got int 2"),
+        (
+            {"output": {"uri": "o", "bucket": "b"}},
+            "output.bucket: unknown field; valid fields are ['compression',",
+        ),
+        ({"compute": {"batch_size": "4"}}, "compute.batch_size: expected int, got str '4'"),
+        ({"compute": {"gpus_per_replica": -1}}, "compute.gpus_per_replica: must be >= 0, got -1"),
+        ({"output": {"uri": None}}, "output.uri: must not be null (expected str)"),
+        ({"policy": 3}, "policy: expected a mapping, got int 3"),
     ],
 )
 def test_errors_name_the_field(patch, field):
     with pytest.raises(SpecError) as err:
         JobSpec.from_dict({**BASE, **patch})
     assert str(err.value).startswith(field.split(":")[0]) and field in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("dotted", "choices"),
+    [
+        ("model.precision", Precision),
+        ("input.format", InputFormat),
+        ("output.compression", Compression),
+        ("output.format", OutputFormat),
+        ("output.vector_index", VectorIndex),
+        ("compute.device", Device),
+        ("policy.on_bad_row", BadRowPolicy),
+    ],
+)
+def test_a_choice_error_lists_the_choices(dotted, choices):
+    with pytest.raises(SpecError) as err:
+        JobSpec.load(None, {"model.name": "m", "input.uri": "in", "output.uri": "out", dotted: "nope"})
+    assert str(err.value) == f"{dotted}: 'nope' is not one of {list(get_args(choices))}"
 
 
 def test_yaml_and_flags_override(tmp_path):
