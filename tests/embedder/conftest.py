@@ -201,21 +201,9 @@ def sample_texts() -> list[str]:
     return list(SAMPLE_TEXTS)
 
 
-def assert_parity(ours, theirs, *, min_cos: float = 0.99999, max_abs: float = 1e-4) -> None:
-    """Per vector: cosine >= min_cos and max |diff| <= max_abs (the project's parity bar vs sentence-transformers)."""
-    import numpy as np
-
-    a = np.atleast_2d(np.asarray(ours, dtype=np.float64))
-    b = np.atleast_2d(np.asarray(theirs, dtype=np.float64))
-    assert a.shape == b.shape, f"shapes differ: ours {a.shape}, theirs {b.shape}"
-    diff = np.abs(a - b).max(axis=1)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    cos = np.where(norms > 0, (a * b).sum(axis=1) / np.where(norms > 0, norms, 1), 1.0)
-    bad = [i for i in range(len(a)) if diff[i] > max_abs or cos[i] < min_cos]
-    assert not bad, f"vectors {bad[:10]} differ: max abs diff {diff.max():.3g}, min cosine {cos.min():.8f}"
-
-
 @pytest.fixture
 def parity() -> Callable[..., None]:
-    """The `assert_parity(ours, theirs)` helper, as a fixture so other test folders need no import."""
+    """assert_parity from parity_rows.py, for tests that take it as a fixture."""
+    from parity_rows import assert_parity
+
     return assert_parity

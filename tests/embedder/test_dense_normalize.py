@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from parity_rows import assert_parity
 from safetensors.torch import load_file
 from sentence_transformers.sentence_transformer.modules import Dense as STDense
 from sentence_transformers.sentence_transformer.modules import Normalize as STNormalize
@@ -15,19 +16,6 @@ from torch import nn
 
 from embedder.modules.dense import ACTIVATIONS, Dense, resolve_activation
 from embedder.modules.normalize import Normalize
-
-
-def assert_parity(ours, theirs) -> None:
-    """Per-vector cosine >= 0.99999 and max abs diff <= 1e-4."""
-    a = np.asarray(torch.as_tensor(ours).detach().float().numpy(), dtype=np.float64).reshape(len(ours), -1)
-    b = np.asarray(torch.as_tensor(theirs).detach().float().numpy(), dtype=np.float64).reshape(
-        len(theirs), -1
-    )
-    assert a.shape == b.shape, f"shape {a.shape} != {b.shape}"
-    diff = np.abs(a - b).max(axis=1)
-    assert diff.max() <= 1e-4, f"max abs diff {diff.max():.3g} at row {int(diff.argmax())}"
-    cos = (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    assert cos.min() >= 0.99999, f"min cosine {cos.min():.7f} at row {int(cos.argmin())}"
 
 
 def embeddings(rows: int = 5, dim: int = 16, seed: int = 0) -> torch.Tensor:

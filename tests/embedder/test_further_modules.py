@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
+from parity_rows import assert_parity
 from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer import modules as stm
@@ -52,23 +52,6 @@ TEXTS = [
     "(hello) world? WORLD",
 ]
 WEIGHTS = {w: 1.0 + (i % 7) / 3 for i, w in enumerate(WORDS)}
-
-
-def assert_parity(ours, theirs) -> None:
-    """Per-vector cosine >= 0.99999 and max abs diff <= 1e-4 (all-zero rows must match as zero)."""
-    a = np.asarray(ours, dtype=np.float64)
-    b = np.asarray(theirs, dtype=np.float64)
-    assert a.shape == b.shape, f"shape {a.shape} != {b.shape}"
-    # Max pooling over a text with no known word gives -inf in both; equal entries count as no difference.
-    with np.errstate(invalid="ignore"):
-        diff = np.where(a == b, 0.0, np.abs(a - b)).max(axis=1)
-    assert diff.max() <= 1e-4, f"max abs diff {diff.max():.3g} at row {int(diff.argmax())}"
-    finite = np.isfinite(a).all(axis=1)
-    a, b = a[finite], b[finite]
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    rows = norms > 0
-    cos = (a * b).sum(axis=1)[rows] / norms[rows]
-    assert cos.size == 0 or cos.min() >= 0.99999, f"min cosine {cos.min():.7f}"
 
 
 def st_word_embeddings(dim: int = 16, seed: int = 0, **tokenizer_kwargs) -> stm.WordEmbeddings:

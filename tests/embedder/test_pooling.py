@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from parity_rows import assert_parity
 from sentence_transformers.sentence_transformer.modules import Pooling as STPooling
 
 from embedder.modules.pooling import POOLING_MODES, Pooling, exclude_prompt, modes_from_config
@@ -21,19 +22,6 @@ COMBINATIONS = [
     ("lasttoken", "cls", "max"),  # a custom order: concatenated as given
 ]
 ALL_MODES = [(m,) for m in POOLING_MODES] + COMBINATIONS
-
-
-def assert_parity(ours: torch.Tensor | np.ndarray, theirs: torch.Tensor | np.ndarray) -> None:
-    """Per-vector cosine >= 0.99999 and max abs diff <= 1e-4."""
-    a = np.asarray(torch.as_tensor(ours).detach().float().numpy(), dtype=np.float64)
-    b = np.asarray(torch.as_tensor(theirs).detach().float().numpy(), dtype=np.float64)
-    assert a.shape == b.shape, f"shape {a.shape} != {b.shape}"
-    diff = np.abs(a - b).max(axis=1)
-    assert diff.max() <= 1e-4, f"max abs diff {diff.max():.3g} at row {int(diff.argmax())}"
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    nonzero = norms > 0
-    cos = (a * b).sum(axis=1)[nonzero] / norms[nonzero]
-    assert cos.size == 0 or cos.min() >= 0.99999, f"min cosine {cos.min():.7f}"
 
 
 def st_pooling(dim: int, modes: tuple[str, ...], include_prompt: bool = True) -> STPooling:
