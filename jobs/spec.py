@@ -137,7 +137,7 @@ class JobSpec(_Section):
             spec = cls.model_validate(data)
         except ValidationError as e:
             raise _spec_error(e) from None
-        spec.validate()
+        spec.check()
         return spec
 
     @classmethod
@@ -159,7 +159,7 @@ class JobSpec(_Section):
         """The previous output to reuse vectors from (top-level `previous` or `input.previous`)."""
         return self.previous or self.input.previous
 
-    def validate(self) -> None:
+    def check(self) -> None:
         """Check cross-field rules; raise SpecError naming the field."""
         m, i, o = self.model, self.input, self.output
         if not m.name:

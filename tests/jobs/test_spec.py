@@ -138,3 +138,13 @@ def test_cli_set_any_field(tmp_path, capsys):
 def test_previous_must_not_be_the_output():
     with pytest.raises(SpecError, match="previous: 'out/' is output.uri itself"):
         JobSpec.from_dict({**BASE, "previous": "out/"})
+
+
+def test_a_lance_output_is_updated_in_place_only():
+    """--previous with a Lance output names the output itself (a live update); anything else is refused."""
+    lance = {**BASE, "output": {"uri": "s3://b/t.lance"}}
+    assert JobSpec.from_dict({**lance, "previous": "s3://b/t.lance/"}).previous_uri == "s3://b/t.lance/"
+    with pytest.raises(SpecError, match="previous: 's3://b/old': a Lance output is updated in place"):
+        JobSpec.from_dict({**lance, "previous": "s3://b/old"})
+    with pytest.raises(SpecError, match="previous: 's3://b/t.lance' is a Lance table"):
+        JobSpec.from_dict({**BASE, "previous": "s3://b/t.lance"})
