@@ -109,9 +109,13 @@ class OutputStore:
         def read() -> dict[str, Any] | None:
             try:
                 with self.fs.open(path, "rb") as f:
-                    return json.loads(f.read().decode("utf-8"))
+                    data = f.read()
             except FileNotFoundError:
                 return None
+            try:
+                return json.loads(data.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise ValueError(f"output {path}: invalid JSON ({e})") from e
 
         return retried(read, f"output {path}: read", self.policy, key=path)
 

@@ -56,3 +56,11 @@ def test_two_runners_cannot_both_commit_a_shard(tmp_path, request, where):
     assert second["tokens"] == 5  # the record that stands is the first runner's
     stored = one.store.read_json(one.store.record_name("abc"))
     assert json.dumps(stored, sort_keys=True) == json.dumps(first, sort_keys=True, default=str)
+
+
+def test_a_corrupt_record_is_named(tmp_path):
+    store = OutputStore(str(tmp_path / "out"))
+    os.makedirs(tmp_path / "out" / "_manifest")
+    (tmp_path / "out" / "_manifest" / "s1.json").write_text('{"shard_id": "s1", "ro')
+    with pytest.raises(ValueError, match=r"output .*_manifest/s1.json: invalid JSON"):
+        store.read_json("_manifest/s1.json")
