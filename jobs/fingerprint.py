@@ -75,6 +75,7 @@ VECTOR_FIELDS = (
     "model.normalize",
     "model.truncate_dim",
     "model.precision",
+    "model.int8_ranges",
     "model.max_seq_length",
     "model.trust_remote_code",
     "policy.max_text_chars",

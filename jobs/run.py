@@ -73,6 +73,40 @@ def _previous(spec: JobSpec, sink: Sink, policy: RetryPolicy) -> PreviousOutput 
     return PreviousOutput(spec.previous_uri, spec.output.storage_options, policy)
 
 
+CALIBRATION_SHARDS = 8  # shards, spread over the plan, whose first rows calibrate int8 ranges
+CALIBRATION_ROWS = 128  # rows per calibration shard
+
+
+def _with_int8_ranges(
+    spec: JobSpec, pool: Any, plan: Plan, existing: dict[str, Any] | None, previous: Any
+) -> tuple[JobSpec, dict[str, Any] | None]:
+    """int8/uint8: the ranges every shard quantises with, fixed once per output. Given in the spec; else the
+    output's own (a resume); else the previous output's, so reused vectors stay comparable; else calibrated
+    on the float32 vectors of a sample of the input. Returns the spec with them, and where they came from."""
+    import ray
+
+    m = spec.model
+    if m.precision not in ("int8", "uint8") or m.int8_ranges is not None:
+        return spec, None
+    source: dict[str, Any] | None = None
+    for name, job in (("output", existing), ("previous", previous.job if previous is not None else None)):
+        model = ((job or {}).get("spec") or {}).get("model") or (job or {})
+        if model.get("int8_ranges") and model.get("precision", m.precision) == m.precision:
+            ranges, source = model["int8_ranges"], {"from": name}
+            break
+    if source is None:
+        step = max(1, len(plan.shards) // CALIBRATION_SHARDS)
+        sample = [s.to_dict() for s in plan.shards[::step][:CALIBRATION_SHARDS]]
+        try:
+            found = ray.get(pool.slots[0].actor.calibrate.remote(sample, CALIBRATION_ROWS, spec.to_dict()))
+        except ray.exceptions.RayTaskError as e:
+            raise JobError(f"{getattr(e, 'cause', None) or e}") from None
+        ranges, source = found.pop("ranges"), {"from": "input sample", **found}
+    d = spec.to_dict()
+    d["model"]["int8_ranges"] = ranges
+    return JobSpec.from_dict(d), source
+
+
 def run_job(
     spec: JobSpec | dict[str, Any] | str,
     *,
@@ -144,7 +178,12 @@ def _run(
             # A new output and only the duplicate check to do: it reads ids while the replicas load the model.
             keys = run_key_pass(spec, plan, sink.store, None, False, None, _key_pass_fingerprint(spec, plan))
         info = first_info(pool, spec)
+        spec, calibration = _with_int8_ranges(spec, pool, plan, existing, previous)
+        if calibration is not None:
+            info = first_info(pool, spec)  # the ranges are part of the settings fingerprint
         job = job_metadata(spec, plan, info)
+        if calibration is not None:
+            job["model"]["int8_calibration"] = calibration
         sink.prepare(existing, job, overwrite)
         if overwrite:
             existing, committed, todo = None, set(), list(plan.shards)

@@ -49,6 +49,8 @@ class ModelSpec(_Section):
     normalize: bool = False
     truncate_dim: int | None = Field(None, ge=1)
     precision: Precision = "float32"
+    # int8/uint8: per-dimension [mins, maxs] to quantise with; unset, the job calibrates them on its input.
+    int8_ranges: list[list[float]] | None = None
     max_seq_length: int | None = Field(None, ge=1)
     trust_remote_code: bool = False
     allow_pickle: bool = False
@@ -166,6 +168,17 @@ class JobSpec(_Section):
             raise SpecError("model.name: required (a local folder, a hub id, or python-package:NAME)")
         if m.prompt is not None and m.prompt_name is not None:
             raise SpecError("model.prompt: give either model.prompt or model.prompt_name, not both")
+        if m.int8_ranges is not None:
+            r = m.int8_ranges
+            if len(r) != 2 or not r[0] or len(r[0]) != len(r[1]):
+                raise SpecError(
+                    "model.int8_ranges: expected [[min per dimension], [max per dimension]] of equal length, "
+                    f"got {len(r)} list(s) of length(s) {[len(x) for x in r]}"
+                )
+            if m.precision not in ("int8", "uint8"):
+                raise SpecError(
+                    f"model.int8_ranges: used by precision int8 or uint8 only, not {m.precision!r}"
+                )
         if i.format == "hf_hub" or (i.format == "auto" and i.dataset):
             if not i.dataset:
                 raise SpecError("input.dataset: required when input.format is 'hf_hub'")

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from embedder.prefetch import prefetch
+from embedder.quantize import quantization_ranges, quantize_embeddings
 from jobs.faults import maybe_fail
 from jobs.fingerprint import digest, match_hashes, settings_fingerprint, text_hashes, weights_fingerprint
 from jobs.keypass import read_reused
@@ -85,7 +86,7 @@ class ShardWorker:
         model_spec = spec_dict["model"]
         key = digest(model_spec, self.max_chars)
         if key not in self._info:
-            probe = self._encode(["probe"])
+            probe = self._encode(["probe"], probe=True)
             describe = self.model.describe() if hasattr(self.model, "describe") else {}
             weights = self._weights or weights_fingerprint(str(self.model.model_path))
             self._weights = weights
@@ -110,9 +111,43 @@ class ShardWorker:
         """The model's running counters (texts, tokens, padded tokens)."""
         return dict(getattr(self.model, "stats", {}) or {})
 
-    def _encode(self, texts: list[str]) -> np.ndarray:
+    def _encode(self, texts: list[str], probe: bool = False) -> np.ndarray:
+        """The job's vectors for `texts`; int8/uint8 with the job's ranges (the probe needs only their shape)."""
+        m = self.spec.model
+        if m.precision not in ("int8", "uint8"):
+            return self._vectors(texts, m.precision)
+        vectors = self._vectors(texts, "float32")
+        ranges = m.int8_ranges
+        if ranges is None:
+            if not probe:
+                raise ShardError("model.int8_ranges: not set; the driver calibrates them before any shard")
+            ranges = [[-1.0] * vectors.shape[1], [1.0] * vectors.shape[1]]
+        return quantize_embeddings(vectors, m.precision, ranges=np.asarray(ranges, np.float32))
+
+    def calibrate(
+        self, shards: list[dict[str, Any]], rows_per_shard: int, spec: dict[str, Any]
+    ) -> dict[str, Any]:
+        """int8/uint8 ranges from the float32 vectors of the first valid rows of some shards."""
+        self._use(spec)
+        texts: list[str] = []
+        for d in shards:
+            batch = next(
+                iter_shard_batches(Shard.from_dict(d), self.spec.input, rows_per_shard, self.policy), None
+            )
+            if batch is not None:
+                clean, _ = check_texts(raw_text_values(batch.column(TEXT)), max_chars=self.max_chars)
+                texts += clean
+        if len(texts) < 2:
+            raise ShardError(
+                f"model.int8_ranges: the input has {len(texts)} valid row(s) to calibrate int8 ranges from; "
+                "give model.int8_ranges"
+            )
+        ranges = quantization_ranges(self._vectors(texts, "float32"), self.spec.model.precision)
+        return {"ranges": ranges.tolist(), "rows": len(texts), "shards": len(shards)}
+
+    def _vectors(self, texts: list[str], precision: str) -> np.ndarray:
+        """`texts` embedded with the job's settings at `precision` (float16: at float32, then cast)."""
         m, c = self.spec.model, self.spec.compute
-        precision = "float32" if m.precision == "float16" else m.precision
         vectors = self.model.encode(
             texts,
             batch_size=c.batch_size,
@@ -121,12 +156,12 @@ class ShardWorker:
             task=m.task,
             normalize_embeddings=m.normalize,
             truncate_dim=m.truncate_dim,
-            precision=precision,
+            precision="float32" if precision == "float16" else precision,
             max_batch_tokens=c.max_batch_tokens,
             batching="tokens",
         )
         vectors = np.asarray(vectors)
-        return vectors.astype(np.float16) if m.precision == "float16" else vectors
+        return vectors.astype(np.float16) if precision == "float16" else vectors
 
     def process(self, task: dict[str, Any], spec: dict[str, Any] | None = None) -> dict[str, Any]:
         """Embed one shard and commit it (data file, then manifest record); an already committed shard is skipped.

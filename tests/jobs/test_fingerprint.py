@@ -17,6 +17,7 @@ CHANGED = {
     "model.normalize": True,
     "model.truncate_dim": 8,
     "model.precision": "int8",
+    "model.int8_ranges": [[0.0], [1.0]],
     "model.max_seq_length": 16,
     "model.trust_remote_code": True,
     "policy.max_text_chars": 20,
