@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         run_s, run_rss, run_cpu, _ = timed(run, env)
         status_s, _, _, status = timed([exe, "status", out, "--json"], env)
         phases = phase_times(log)
-        success = json.load(open(os.path.join(out, "_SUCCESS")))
+        success = json.load(open(os.path.join(out, ".embedjob", "_SUCCESS")))
         assert success["rows_written"] == rows, success
         shards = json.loads(status)["shards_total"]
         results.append(

@@ -152,7 +152,10 @@ class PreviousOutput:
     live = False  # not the table this run updates (jobs.sinks.lance_table.LiveTable)
 
     def __init__(self, uri: str, storage_options: dict[str, Any] | None, policy: RetryPolicy):
-        self.store = OutputStore(uri, storage_options, policy)
+        from jobs.sinks import metadata_store
+
+        self.data = OutputStore(uri, storage_options, policy)  # the part files
+        self.store = metadata_store(uri, storage_options, policy)
         self.job = self.store.read_json(JOB_FILE)
         if self.job is None:
             raise FileNotFoundError(

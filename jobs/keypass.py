@@ -194,7 +194,7 @@ def run_key_pass(
                 pg,
                 [(rel, where[pg]) for rel, where in match_files if pg in where],
                 previous.parts(pg * ppg, (pg + 1) * ppg),
-                store_args(previous.store),
+                store_args(previous.data),
             )
             for pg in sorted({pg for _, where in match_files for pg in where})
         )
@@ -239,7 +239,7 @@ def _previous_index(previous: Any, store: OutputStore, passthrough: list[str]) -
     if previous.index is not None:
         files = load_map(previous.store, INDEX_DIR)
         return {"store": store_args(previous.store), "files": files, "buckets": previous.index["buckets"]}
-    meta = build_index(previous.store, previous.records, store, PREV_INDEX_DIR)
+    meta = build_index(previous.data, previous.records, store, PREV_INDEX_DIR)
     files = load_map(store, PREV_INDEX_DIR)
     return {
         "store": store_args(store),

@@ -56,7 +56,7 @@ class Lease:
         self.store, self.ttl_s, self.heartbeat_s = store, ttl_s, heartbeat_s
         self.owner = uuid.uuid4().hex
         self.lost = False
-        self._made_root = False
+        self._made: list[str] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -75,8 +75,12 @@ class Lease:
         """Create the lease file if there is none; False when another runner's file is there."""
         fs = self.store.fs
         if is_local(fs) and not os.path.exists(self.store.root):
+            # The folders this run makes (the output's, its metadata folder), removed again if it writes nothing.
+            self._made = [self.store.root]
+            parent = os.path.dirname(self.store.root)
+            if not os.path.exists(parent):
+                self._made.append(parent)
             fs.makedirs(self.store.root, exist_ok=True)
-            self._made_root = True
         return create_atomic(fs, self.store.root, LEASE_FILE, self._body(), self.store.policy, "lease")
 
     def acquire(self) -> None:
@@ -124,8 +128,8 @@ class Lease:
         held = read_lease(self.store)
         if held and held.get("owner") == self.owner:
             self.store.remove([LEASE_FILE])
-        if self._made_root and is_local(self.store.fs):
+        for folder in self._made:
             try:
-                os.rmdir(self.store.root)  # the run wrote nothing: leave no empty folder behind
+                os.rmdir(folder)  # the run wrote nothing: leave no empty folder behind
             except OSError:
-                pass
+                break

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from jobs.shards import Plan
     from jobs.spec import JobSpec
 
+# An output's metadata folder: hidden, so that readers of a folder of Parquet files (datasets.load_dataset,
+# pyarrow.dataset, pandas, Polars, DuckDB) see the part files only. Every name below lives in it.
+META_DIR = ".embedjob"
 JOB_FILE = "_job.json"
 PLAN_FILE = "_plan.parquet"
 MANIFEST_DIR = "_manifest"
@@ -276,18 +279,28 @@ class OutputStore:
                     self.fs.rm(entry, recursive=True)
 
     def remove_tmp(self) -> None:
-        """Drop staging leftovers (half-written files of killed runs are never read)."""
-        self.remove_dir("_tmp")
+        """Drop staging leftovers of killed runs (hidden `.*.tmp` files beside their final names; never read)."""
+        if not self.fs.exists(self.root):
+            return
+        names = self.fs.ls(self.root, detail=False)
+        self.remove([posixpath.basename(n) for n in names if is_staged(posixpath.basename(n))])
+        self.remove_dir("_tmp")  # where outputs written before 0.2 staged
 
 
-# What an output consists of: its metadata (names starting "_") and its part files "part-*.parquet".
+# What an output consists of: its metadata folder, its part files "part-*.parquet", staging leftovers, and
+# the "_"-prefixed metadata of outputs written before the metadata folder existed.
 
 
 def is_owned(name: str) -> bool:
     """Whether a top-level name of an output folder is one an embedjob output writes."""
     if name.startswith("part-"):
         return name.endswith(".parquet")
-    return name.startswith("_")
+    return name == META_DIR or name.startswith("_") or is_staged(name)
+
+
+def is_staged(name: str) -> bool:
+    """A file staged by write_atomic (local disk) before its rename."""
+    return name.startswith(".") and name.endswith(".tmp")
 
 
 def records_to_table(records: list[dict[str, Any]]) -> pa.Table:

@@ -15,6 +15,8 @@ import shlex
 import sys
 from typing import Any
 
+from jobs.manifest import META_DIR
+
 RUN_STAMP = "%Y%m%dT%H%M%SZ"  # nightly run folder names: lexical order is time order
 
 
@@ -34,7 +36,8 @@ def latest_successful_run(prefix_uri: str, storage_options: dict | None = None) 
         return None
     names = sorted(os.path.basename(e["name"].rstrip("/")) for e in entries if e["type"] == "directory")
     for name in reversed(names):
-        if fs.exists(f"{root.rstrip('/')}/{name}/_SUCCESS"):
+        run = f"{root.rstrip('/')}/{name}"
+        if fs.exists(f"{run}/{META_DIR}/_SUCCESS") or fs.exists(f"{run}/_SUCCESS"):  # or written before 0.2
             return f"{prefix_uri.rstrip('/')}/{name}"
     return None
 

@@ -55,13 +55,15 @@ def _scores(vectors: np.ndarray, q: np.ndarray, similarity: str) -> np.ndarray:
     return vectors @ q
 
 
-def search_parquet(store: OutputStore, q: np.ndarray, k: int, similarity: str) -> list[tuple[float, Any]]:
-    """Exact top-k over every committed part file, one file in memory at a time."""
+def search_parquet(
+    store: OutputStore, data: OutputStore, q: np.ndarray, k: int, similarity: str
+) -> list[tuple[float, Any]]:
+    """Exact top-k over every committed part file (records in `store`, files in `data`), one at a time."""
     best: list[tuple[float, int, Any]] = []  # a min-heap of (score, tie-break, id)
     seen = 0
     records = store.records_table()
     for file in records.column("file").to_pylist():
-        table = store.read_table(file, ["id", "embedding"])
+        table = data.read_table(file, ["id", "embedding"])
         if table is None or table.num_rows == 0:
             continue
         col = table.column("embedding").combine_chunks()
@@ -110,8 +112,9 @@ def search(uri: str, query: str, k: int = 10, storage_options: dict | None = Non
     if similarity not in SIMILARITIES:
         raise SearchError(f"search: similarity {similarity!r} of {uri} is not one of {list(SIMILARITIES)}")
     q = embed_query(job, query)
-    if store.root.endswith("/_embedjob"):
+    fmt = job["spec"]["output"].get("format", "auto")
+    if fmt == "lance" or (fmt == "auto" and uri.rstrip("/").endswith(".lance")):
         hits = search_lance(uri, q, k, similarity, storage_options)
     else:
-        hits = search_parquet(store, q, k, similarity)
+        hits = search_parquet(store, OutputStore(uri, storage_options), q, k, similarity)
     return [{"rank": n + 1, "id": i, "score": round(s, 6)} for n, (s, i) in enumerate(hits)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -256,7 +257,7 @@ class ShardWorker:
             vectors[:filled],
             hashes,
             {c: pa.concat_arrays(parts) for c, parts in passthrough.items()},
-        )
+        ).replace_schema_metadata({b"embedjob": json.dumps(self._provenance(info)).encode()})
         err = None
         if errors:
             err = pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA)
@@ -268,6 +269,23 @@ class ShardWorker:
             "seconds": round(time.perf_counter() - started, 3),
         }
         return self.sink.write_shard(shard, table, err, counts)
+
+    def _provenance(self, info: dict[str, Any]) -> dict[str, Any]:
+        """What a part file says about its vectors, so that a copy of it keeps its provenance."""
+        m = self.spec.model
+        return {
+            "model": m.name,
+            "revision": m.revision,
+            "weights_fingerprint": info["weights_fingerprint"],
+            "settings_fingerprint": info["settings_fingerprint"],
+            "dimension": info["dimension"],
+            "precision": m.precision,
+            "normalize": m.normalize,
+            "prompt_name": m.prompt_name,
+            "prompt": m.prompt,
+            "truncate_dim": m.truncate_dim,
+            "similarity_fn_name": info["similarity_fn_name"],
+        }
 
     def _unchanged(
         self,

@@ -1,4 +1,4 @@
-"""Build one shard's output table and write files atomically (local: staged under _tmp/ and renamed; object
+"""Build one shard's output table and write files atomically (local: staged as a hidden file and renamed; object
 stores: one complete upload)."""
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import pyarrow.parquet as pq
 
 from jobs.faults import maybe_fail
 from jobs.retry import RetryPolicy, call_with_retries
-
-TMP_DIR = "_tmp"
 
 
 def open_output_fs(uri: str, storage_options: dict[str, Any]) -> tuple[Any, str]:
@@ -74,7 +72,7 @@ def is_local(fs: Any) -> bool:
 def write_atomic(fs: Any, root: str, rel: str, data: bytes, policy: RetryPolicy, what: str) -> str:
     """Write `data` in full to root/rel so that a reader sees the old file or the whole new one.
 
-    Local disk: written to _tmp/, then renamed. Object stores: one upload, which the store makes visible only
+    Local disk: staged as a hidden file beside it, then renamed. Object stores: one upload, which the store makes visible only
     once complete (a PUT, or a multipart upload completed on close), so no staged copy is needed.
     """
     final = posixpath.join(root, rel)
@@ -86,7 +84,7 @@ def write_atomic(fs: Any, root: str, rel: str, data: bytes, policy: RetryPolicy,
 
         call_with_retries(upload, what=f"{what}: write {final}", policy=policy)
         return final
-    staged = posixpath.join(root, TMP_DIR, f"{uuid.uuid4().hex}-{posixpath.basename(rel)}")
+    staged = staged_name(final)
 
     def put() -> None:
         maybe_fail("storage.write", key=staged)
@@ -104,6 +102,11 @@ def write_atomic(fs: Any, root: str, rel: str, data: bytes, policy: RetryPolicy,
     return final
 
 
+def staged_name(final: str) -> str:
+    """Where a local write is staged: a hidden file beside its final name, which no reader of the folder lists."""
+    return posixpath.join(posixpath.dirname(final), f".{posixpath.basename(final)}.{uuid.uuid4().hex}.tmp")
+
+
 def create_atomic(fs: Any, root: str, rel: str, data: bytes, policy: RetryPolicy, what: str) -> bool:
     """Write root/rel in full only if it does not exist yet; False when it does (another writer was first).
 
@@ -113,7 +116,7 @@ def create_atomic(fs: Any, root: str, rel: str, data: bytes, policy: RetryPolicy
     """
     final = posixpath.join(root, rel)
     if is_local(fs):
-        staged = f"{final}.{uuid.uuid4().hex}.tmp"  # beside the final name: a refused create leaves nothing
+        staged = staged_name(final)
 
         def put_and_link() -> bool:
             maybe_fail("storage.write", key=final)

@@ -116,7 +116,7 @@ def read_output(fs, root: str):
 
     root = root.split("://", 1)[-1].rstrip("/")
     by_id = {}
-    for name in sorted(fs.ls(posixpath.join(root, "_manifest"), detail=False)):
+    for name in sorted(fs.ls(posixpath.join(root, ".embedjob", "_manifest"), detail=False)):
         if name.endswith(".json"):
             found = [json.loads(fs.cat(name))]
         elif name.endswith(".parquet"):  # records the driver folded

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jobs.manifest import OutputStore
+from jobs.manifest import JOB_FILE, META_DIR, PLAN_FILE, OutputStore
 from jobs.retry import RetryPolicy
 from jobs.sinks.base import Sink
 from jobs.sinks.parquet import ParquetSink
@@ -22,10 +22,17 @@ def open_sink(spec: JobSpec, policy: RetryPolicy | None = None) -> Sink:
     return ParquetSink(o.uri, o.storage_options, policy, o.compression)
 
 
-def metadata_store(uri: str, storage_options: dict | None = None) -> OutputStore:
-    """The folder holding an output's _job.json, plan and manifest: the output itself, or a Lance dataset's
-    `_embedjob/` folder."""
-    store = OutputStore(uri, storage_options)
-    if uri.rstrip("/").endswith(".lance") or store.exists("_embedjob/_job.json"):
-        return OutputStore(uri.rstrip("/") + "/_embedjob", storage_options)
+def metadata_store(
+    uri: str, storage_options: dict | None = None, policy: RetryPolicy | None = None
+) -> OutputStore:
+    """The folder holding an output's _job.json, plan and manifest: its `.embedjob/` folder, or where an
+    output written before it existed kept them (the output folder itself, a Lance table's `_embedjob/`)."""
+    root = uri.rstrip("/")
+    store = OutputStore(f"{root}/{META_DIR}", storage_options, policy)
+    if store.fs.exists(store.root):
+        return store
+    for legacy in (f"{root}/_embedjob", root):
+        old = OutputStore(legacy, storage_options, policy)
+        if old.exists(JOB_FILE) or old.exists(PLAN_FILE):
+            return old
     return store

@@ -1,9 +1,9 @@
 """The Lance sink: one Lance table (id, embedding, text_hash, passthrough columns), optionally indexed.
 
 Commit sequence of a shard (in the replica that embedded it), as the Parquet sink's:
-1. `_embedjob/_errors/<shard>.parquet` with its quarantined rows, if any;
+1. `.embedjob/_errors/<shard>.parquet` with its quarantined rows, if any;
 2. the shard's rows as Lance fragments: data files that no version of the table refers to yet;
-3. `_embedjob/_manifest/<shard>.json`, the record, listing the fragments: the commit point of the shard.
+3. `.embedjob/_manifest/<shard>.json`, the record, listing the fragments: the commit point of the shard.
 Then one commit per run, at the end: a single Lance version adds every record's fragments (and, for an update
 of a live table, deletes the rows the run replaced or found gone). Readers see the table before the run or
 after it, never half of it; the version's commit message names the run, so a rerun after a crash between the
@@ -13,7 +13,7 @@ to: invisible, redone by a rerun, and removed by Lance's cleanup of old files.
 A run whose `--previous` is the output itself updates the live table (jobs.sinks.lance_table): rows whose id,
 text and passthrough values are unchanged stay where they are, untouched; changed and new rows are embedded and
 added; the old rows of changed ids and the ids gone from the input are deleted, all in the run's one version.
-The job's metadata (_job.json, _plan.parquet, manifest, _SUCCESS) lives in `<table>/_embedjob/`, for the
+The job's metadata (_job.json, _plan.parquet, manifest, _SUCCESS) lives in `<table>/.embedjob/`, for the
 latest run; every run's summary is also the commit message of its version.
 """
 
@@ -26,12 +26,11 @@ from typing import Any
 import pyarrow as pa
 
 from jobs.faults import maybe_fail
-from jobs.manifest import OutputConflict, OutputStore, check_compatible
+from jobs.manifest import META_DIR, OutputConflict, check_compatible
 from jobs.retry import RetryPolicy, call_with_retries
 from jobs.shards import Plan, Shard
 from jobs.sinks.lance_table import (
     MESSAGE_KEY,
-    META_DIR,
     SCHEMA_KEY,
     LiveTable,
     import_lance,
@@ -42,7 +41,7 @@ from jobs.write import parquet_bytes
 
 SCHEMA_FILE = "_schema.parquet"  # an empty table of the shards' schema
 # What a Lance table folder holds besides our metadata folder.
-LANCE_NAMES = ("_versions", "_transactions", "_indices", "_deletions", "_refs", "data", META_DIR)
+LANCE_NAMES = ("_versions", "_transactions", "_indices", "_deletions", "_refs", "data", META_DIR, "_embedjob")
 INDEX_TYPES = {"ivf_pq": "IVF_PQ", "ivf_hnsw_sq": "IVF_HNSW_SQ", "ivf_flat": "IVF_FLAT"}
 
 
@@ -60,9 +59,8 @@ class LanceSink(ParquetSink):
         live: bool = False,
     ):
         self.lance = import_lance()
-        super().__init__(posixpath.join(uri.rstrip("/"), META_DIR), storage_options, policy)
-        self.uri = uri
-        self.table_store = OutputStore(uri, storage_options, policy)
+        super().__init__(uri, storage_options, policy)
+        self.table_store = self.data
         self.lance_options = lance_storage_options(storage_options or {})
         self.vector_index, self.id_index, self.metric = vector_index, id_index, metric
         self.live = live  # --previous is this table: update it in place

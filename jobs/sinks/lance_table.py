@@ -24,7 +24,6 @@ from jobs.manifest import OutputStore
 from jobs.tasks import run_tasks
 from jobs.write import parquet_bytes
 
-META_DIR = "_embedjob"
 MESSAGE_KEY = "__lance_commit_message"
 SCHEMA_KEY = "embedjob"  # the table's schema metadata: the settings its vectors were made with
 ROWS_PER_TASK = 1_000_000  # table rows one index or deletion task reads

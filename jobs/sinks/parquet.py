@@ -1,10 +1,13 @@
 """The Parquet sink: part files plus the manifest on any fsspec filesystem.
 
+The part files sit at the top of the output folder; everything else in its hidden metadata folder
+`.embedjob/`, which readers of a folder of Parquet files skip.
+
 Commit sequence of a shard (in the replica that embedded it):
-1. `_errors/<shard>.parquet` with its quarantined rows, if any;
+1. `.embedjob/_errors/<shard>.parquet` with its quarantined rows, if any;
 2. `part-<index>-<shard>.parquet` at its final name, whole or not at all (local: a staged file renamed;
    object stores: one PUT, or a multipart upload completed only at the end);
-3. `_manifest/<shard>.json`, the record, created only if absent (a hard link on local disk, If-None-Match
+3. `.embedjob/_manifest/<shard>.json`, the record, created only if absent (a hard link on local disk, If-None-Match
    on S3): the commit point. Readers and reruns trust only records.
 A rerun skips shards with a record and rewrites any other file, so a crash between steps loses nothing and
 duplicates nothing.
@@ -13,6 +16,7 @@ duplicates nothing.
 from __future__ import annotations
 
 import logging
+import posixpath
 import time
 from typing import Any
 
@@ -24,6 +28,7 @@ from jobs.keypass import WORK_DIR
 from jobs.manifest import (
     ERRORS_DIR,
     JOB_FILE,
+    META_DIR,
     PLAN_FILE,
     SUCCESS_FILE,
     OutputConflict,
@@ -58,7 +63,8 @@ class ParquetSink(Sink):
         compression: str = "zstd",
     ):
         self.uri = uri
-        self.store = OutputStore(uri, storage_options, policy)
+        self.data = OutputStore(uri, storage_options, policy)  # the part files
+        self.store = OutputStore(posixpath.join(uri.rstrip("/"), META_DIR), storage_options, policy)
         self.compression = compression
         self._received: list[dict[str, Any]] = []
         self._folded_at = time.monotonic()
@@ -67,22 +73,27 @@ class ParquetSink(Sink):
     def existing_job(self, overwrite: bool) -> dict[str, Any] | None:
         """_job.json, if any; refuses (naming them) files no embedjob output writes when they are in danger."""
         if overwrite:
-            self.store.refuse_foreign()  # before any work: overwrite deletes only an output's own files
+            self.data.refuse_foreign()  # before any work: overwrite deletes only an output's own files
         existing = self.store.read_json(JOB_FILE)
         if existing is None and not overwrite and self._has_data():
-            self.store.refuse_foreign()
+            self.data.refuse_foreign()
+            old = (
+                " (written by an embedjob before 0.2, metadata at the top)"
+                if self.data.exists(JOB_FILE)
+                else ""
+            )
             raise OutputConflict(
-                f"output.uri: {self.uri} holds the files of an embedjob output but no {JOB_FILE}; "
+                f"output.uri: {self.uri} holds the files of an embedjob output{old} but no {META_DIR}/{JOB_FILE}; "
                 "use --overwrite to delete them and start again"
             )
         return existing
 
     def _has_data(self) -> bool:
-        store = self.store
-        if store.is_empty():
+        data = self.data
+        if data.is_empty():
             return False
-        names = [n.rstrip("/").rsplit("/", 1)[-1] for n in store.fs.ls(store.root, detail=False)]
-        return any(not n.startswith("_") for n in names)
+        names = [n.rstrip("/").rsplit("/", 1)[-1] for n in data.fs.ls(data.root, detail=False)]
+        return any(n != META_DIR for n in names)
 
     def records(self) -> pa.Table:
         """Every record, one per shard id, ordered by shard index."""
@@ -91,7 +102,8 @@ class ParquetSink(Sink):
     def prepare(self, existing: dict[str, Any] | None, job: dict[str, Any], overwrite: bool) -> None:
         """--overwrite: delete the old output; otherwise refuse to resume another job's output."""
         if overwrite:
-            self.store.clear()
+            self.data.clear(keep=(META_DIR,))
+            self.store.clear()  # but this run's lease
         elif existing is not None:
             check_compatible(existing, job, self.uri)
 
@@ -129,7 +141,7 @@ class ParquetSink(Sink):
         summary["output"] = self.uri
         self.store.write_json(SUCCESS_FILE, {**summary, "plan_fingerprint": plan.fingerprint})
         self.store.remove_dir(WORK_DIR)
-        self.store.remove_tmp()
+        self.data.remove_tmp()
         return summary
 
     def _fold_all(self) -> pa.Table:
@@ -140,7 +152,7 @@ class ParquetSink(Sink):
         """Build the id index a later --previous joins (kept when it already covers these records)."""
         index = self.store.read_json(f"{INDEX_DIR}/{INDEX_META}")
         if not index or (index.get("rows"), index.get("parts")) != (written, records.num_rows):
-            index = build_index(self.store, records, self.store, INDEX_DIR)
+            index = build_index(self.data, records, self.store, INDEX_DIR)
         return {"indexed": index["rows"]}
 
     def on_write_failed(self, error: BaseException) -> dict[str, Any]:
@@ -168,7 +180,7 @@ class ParquetSink(Sink):
         """Errors file, then the part file, then the record (the commit point)."""
         errors_file = self.write_errors(shard, errors)
         name = part_name(shard.index, shard.shard_id)
-        self.store.write_bytes(name, parquet_bytes(table, self.compression))
+        self.data.write_bytes(name, parquet_bytes(table, self.compression))
         return self.commit_record(shard_record(shard, name, table, errors, errors_file, counts))
 
     def commit_record(self, record: dict[str, Any]) -> dict[str, Any]:

@@ -62,9 +62,9 @@ def job_spec(model_path: str, inp: str, out: str, **sections: Any) -> dict[str, 
 
 def read_job(out: str) -> tuple[list[dict[str, Any]], pa.Table]:
     """(manifest records, rows of the committed part files in shard order)."""
-    from jobs.manifest import OutputStore
+    from jobs.sinks import metadata_store
 
-    store = OutputStore(out)
+    store = metadata_store(out)
     records = store.records()
     tables = [pq.read_table(os.path.join(out, r["file"])) for r in records]
     return records, pa.concat_tables(tables)

@@ -72,7 +72,7 @@ def test_quarantine_writes_errors_and_counts_add_up(tmp_path, jobio, tiny_st_mod
     assert summary["rows"] == 24 and summary["quarantined"] == 3 and summary["rows_written"] == 21
     assert summary["rows"] == summary["rows_written"] + summary["quarantined"]
 
-    errors = pq.read_table(os.path.join(out, "_errors")).to_pylist()
+    errors = pq.read_table(os.path.join(out, ".embedjob", "_errors")).to_pylist()
     got = sorted((e["file"], e["row"], e["id"], e["reason"]) for e in errors)
     want = sorted((f"file-{p // 12}.parquet", p % 12, ids[p], reason) for p, reason in reasons.items())
     assert got == want
@@ -231,11 +231,11 @@ def test_duplicate_ids(tmp_path, tiny_st_model):
     out = str(tmp_path / "q")
     summary = run_job(spec_for(tiny_st_model, str(inp), out, on_bad_row="quarantine"), progress=False)
     assert summary["rows_written"] == 5 and summary["quarantined"] == 1
-    errors = pq.read_table(os.path.join(out, "_errors")).to_pylist()
+    errors = pq.read_table(os.path.join(out, ".embedjob", "_errors")).to_pylist()
     assert errors == [
         {"id": "a", "file": "2.parquet", "row": 1, "reason": "duplicate id (first at 1.parquet row 0)"}
     ]
-    assert json.load(open(os.path.join(out, "_SUCCESS")))["quarantined"] == 1
+    assert json.load(open(os.path.join(out, ".embedjob", "_SUCCESS")))["quarantined"] == 1
 
 
 def test_duplicate_ids_across_files_and_shards_in_many_buckets(tmp_path, tiny_st_model, monkeypatch):
@@ -275,11 +275,11 @@ def test_duplicate_ids_across_files_and_shards_in_many_buckets(tmp_path, tiny_st
         run_job(spec_for(tiny_st_model, str(inp), str(tmp_path / "f")), progress=False)
     for e in expected[:5]:
         assert f"'{e['id']}' at {e['file']} row {e['row']}" in str(failed.value)
-    assert not os.path.exists(tmp_path / "f" / "_job.json")  # refused before the job is started
+    assert not os.path.exists(tmp_path / "f" / ".embedjob" / "_job.json")  # refused before the job is started
     out = str(tmp_path / "q")
     summary = run_job(spec_for(tiny_st_model, str(inp), out, on_bad_row="quarantine"), progress=False)
     assert summary["quarantined"] == len(expected) and summary["rows_written"] == 90 - len(expected)
-    errors = pq.read_table(os.path.join(out, "_errors")).to_pylist()
+    errors = pq.read_table(os.path.join(out, ".embedjob", "_errors")).to_pylist()
     key = lambda e: (e["file"], e["row"])  # noqa: E731
     assert sorted(errors, key=key) == sorted(expected, key=key)
     written = pq.read_table(out).column("id").to_pylist()
@@ -299,7 +299,7 @@ def test_binary_ids_are_checked_and_kept(tmp_path, tiny_st_model):
     )
     assert summary["rows_written"] == 6 and summary["quarantined"] == 1
     assert sorted(pq.read_table(out).column("id").to_pylist()) == sorted(ids[:6])
-    errors = pq.read_table(os.path.join(out, "_errors")).to_pylist()
+    errors = pq.read_table(os.path.join(out, ".embedjob", "_errors")).to_pylist()
     assert [(e["row"], e["reason"]) for e in errors] == [(6, "duplicate id (first at in.parquet row 2)")]
 
 

@@ -184,8 +184,8 @@ def _shard_write_rule(sink: str, index: int, **extra) -> dict:
 
 
 def _first_commit_made(sink: str, out: str) -> bool:
-    """Whether a local output holds a committed shard: a manifest record (a Lance table's in _embedjob/)."""
-    folder = os.path.join(out, "_embedjob" if sink == "lance" else "", "_manifest")
+    """Whether a local output holds a committed shard: a manifest record in its .embedjob/ folder."""
+    folder = os.path.join(out, ".embedjob", "_manifest")
     return os.path.isdir(folder) and any(n.endswith(".json") for n in os.listdir(folder))
 
 
@@ -345,7 +345,7 @@ def test_driver_killed_then_rerun_resumes_on_s3(s3_server, jobio, tiny_st_model,
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
             fs.invalidate_cache()
-            if fs.find(f"{out}/_manifest"):
+            if fs.find(f"{out}/.embedjob/_manifest"):
                 break
             time.sleep(0.2)
         assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
@@ -357,8 +357,8 @@ def test_driver_killed_then_rerun_resumes_on_s3(s3_server, jobio, tiny_st_model,
         except ProcessLookupError:
             pass
     fs.invalidate_cache()
-    committed = len(fs.find(f"{out}/_manifest"))
-    assert 1 <= committed < 3 and not fs.exists(f"{out}/_SUCCESS")
+    committed = len(fs.find(f"{out}/.embedjob/_manifest"))
+    assert 1 <= committed < 3 and not fs.exists(f"{out}/.embedjob/_SUCCESS")
 
     env.pop(faults.ENV_RULES)
     rerun = subprocess.run(
@@ -373,7 +373,7 @@ def test_driver_killed_then_rerun_resumes_on_s3(s3_server, jobio, tiny_st_model,
     assert started["resumed_shards"] >= committed
     fs.invalidate_cache()
     _assert_exactly_once(fs, out, expected, tiny_st_model, jobio)
-    assert fs.exists(f"{out}/_SUCCESS")
+    assert fs.exists(f"{out}/.embedjob/_SUCCESS")
 
 
 def _s3_input(s3_server, jobio) -> tuple[str, dict[str, str]]:
@@ -580,7 +580,7 @@ def test_driver_killed_then_rerun_resumes_on_the_lance_sink(jobio, tiny_st_model
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
     )
-    records = os.path.join(out, "_embedjob", "_manifest")
+    records = os.path.join(out, ".embedjob", "_manifest")
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -595,7 +595,7 @@ def test_driver_killed_then_rerun_resumes_on_the_lance_sink(jobio, tiny_st_model
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    assert not os.path.exists(os.path.join(out, "_embedjob", "_SUCCESS"))
+    assert not os.path.exists(os.path.join(out, ".embedjob", "_SUCCESS"))
     env.pop(faults.ENV_RULES)
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]

@@ -42,9 +42,9 @@ def test_incremental_embeds_only_changes_and_equals_full_run(tmp_path, tiny_st_m
     summary = run_job(spec, progress=False, keep_warm=True)
     assert (summary["embedded"], summary["reused"], summary["deleted"]) == (4, 76, 2)
     assert summary["rows_written"] == 80
-    deleted = pq.read_table(os.path.join(out2, "_deleted")).column("id").to_pylist()
+    deleted = pq.read_table(os.path.join(out2, ".embedjob", "_deleted")).column("id").to_pylist()
     assert sorted(deleted) == ["doc-10", "doc-61"]
-    assert json.load(open(os.path.join(out2, "_SUCCESS")))["deleted"] == 2
+    assert json.load(open(os.path.join(out2, ".embedjob", "_SUCCESS")))["deleted"] == 2
 
     out3 = str(tmp_path / "full")
     run_job(jobkit.job_spec(tiny_st_model, str(tmp_path / "in2"), out3), progress=False, keep_warm=True)
@@ -127,11 +127,13 @@ def test_reexport_under_new_names_and_repartitioned_reuses_by_id(
     spec = jobkit.job_spec(tiny_st_model, str(tmp_path / "in2"), out2, previous=out_same)
     summary = run_job(spec, progress=False, keep_warm=True)
     assert (summary["embedded"], summary["reused"], summary["deleted"]) == (6, 294, 3)
-    success = json.load(open(os.path.join(out2, "_SUCCESS")))
+    success = json.load(open(os.path.join(out2, ".embedjob", "_SUCCESS")))
     assert (success["embedded"], success["reused"], success["deleted"]) == (6, 294, 3)
-    deleted = pq.read_table(os.path.join(out2, "_deleted")).column("id").to_pylist()
+    deleted = pq.read_table(os.path.join(out2, ".embedjob", "_deleted")).column("id").to_pylist()
     assert sorted(deleted) == ["doc-17", "doc-240", "doc-88"]
-    assert not os.path.exists(os.path.join(out2, "_work"))  # the key pass's files go once the job succeeds
+    assert not os.path.exists(
+        os.path.join(out2, ".embedjob", "_work")
+    )  # the key pass's files go once the job succeeds
 
     full = str(tmp_path / "full")
     run_job(jobkit.job_spec(tiny_st_model, str(tmp_path / "in2"), full), progress=False, keep_warm=True)
@@ -149,8 +151,27 @@ def test_previous_output_without_an_index_is_indexed_on_the_fly(tmp_path, tiny_s
     write_layout(tmp_path / "in1", rows, files=2, seed=4)
     out1 = str(tmp_path / "out1")
     run_job(jobkit.job_spec(tiny_st_model, str(tmp_path / "in1"), out1), progress=False, keep_warm=True)
-    shutil.rmtree(os.path.join(out1, "_index"))
+    shutil.rmtree(os.path.join(out1, ".embedjob", "_index"))
     write_layout(tmp_path / "in2", rows, files=3, seed=5)
     spec = jobkit.job_spec(tiny_st_model, str(tmp_path / "in2"), str(tmp_path / "out2"), previous=out1)
     summary = run_job(spec, progress=False, keep_warm=True)
     assert (summary["embedded"], summary["reused"], summary["deleted"]) == (0, 60, 0)
+
+
+def test_an_output_of_the_old_layout_still_lends_its_vectors(tmp_path, tiny_st_model, jobio, jobkit):
+    """An output written before the metadata folder (its _job.json, manifest and index at the top) is read as
+    --previous: every unchanged vector is reused."""
+    import shutil
+
+    rows = dict(enumerate(jobio.corpus(40, seed=23)))
+    write_layout(tmp_path / "in1", rows, files=2, seed=6)
+    old = str(tmp_path / "old")
+    run_job(jobkit.job_spec(tiny_st_model, str(tmp_path / "in1"), old), progress=False, keep_warm=True)
+    meta = os.path.join(old, ".embedjob")
+    for name in os.listdir(meta):
+        shutil.move(os.path.join(meta, name), os.path.join(old, name))
+    os.rmdir(meta)
+    write_layout(tmp_path / "in2", rows, files=3, seed=7)
+    spec = jobkit.job_spec(tiny_st_model, str(tmp_path / "in2"), str(tmp_path / "new"), previous=old)
+    summary = run_job(spec, progress=False, keep_warm=True)
+    assert (summary["embedded"], summary["reused"], summary["deleted"]) == (0, 40, 0)

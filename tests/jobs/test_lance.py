@@ -53,7 +53,7 @@ def test_lance_output_holds_every_row_once_with_an_index(tmp_path, tiny_st_model
     indexed = {tuple(d.field_names): (d.type_url, d.num_rows_indexed) for d in ds.describe_indices()}
     assert indexed[("embedding",)] == ("/lance.index.pb.VectorIndexDetails", 300)
     assert indexed[("id",)] == ("/lance.table.BTreeIndexDetails", 300)
-    assert json.load(open(os.path.join(out, "_embedjob", "_SUCCESS")))["rows_written"] == 300
+    assert json.load(open(os.path.join(out, ".embedjob", "_SUCCESS")))["rows_written"] == 300
 
 
 def run_messages(ds) -> list[dict]:
@@ -74,7 +74,7 @@ def test_a_run_committed_but_not_marked_done_is_not_committed_again(tmp_path, ti
     out = str(tmp_path / "out.lance")
     spec = jobkit.job_spec(tiny_st_model, str(tmp_path / "in"), out, output={"rows_per_file": 40})
     run_job(spec, progress=False, keep_warm=True)
-    os.remove(os.path.join(out, "_embedjob", "_SUCCESS"))
+    os.remove(os.path.join(out, ".embedjob", "_SUCCESS"))
     again = run_job(spec, progress=False, keep_warm=True)
     assert again["skipped_shards"] == again["shards"] == 4 and again["tokens"] == 0
     ds = lance.dataset(out)
@@ -90,7 +90,7 @@ def test_a_killed_run_leaves_the_table_as_it_was(tmp_path, tiny_st_model, jobio,
     out = str(tmp_path / "out.lance")
     spec = jobkit.job_spec(tiny_st_model, str(tmp_path / "in"), out, output={"rows_per_file": 40})
     run_job(spec, progress=False, keep_warm=True)
-    meta = os.path.join(out, "_embedjob")
+    meta = os.path.join(out, ".embedjob")
     # As if killed before its commit: the records stay, the table's history does not.
     shutil.rmtree(os.path.join(out, "_versions"))
     shutil.rmtree(os.path.join(out, "_transactions"), ignore_errors=True)
@@ -115,7 +115,7 @@ def test_lance_quarantine_and_overwrite(tmp_path, tiny_st_model, jobkit):
     summary = run_job(spec, progress=False, keep_warm=True)
     assert summary["rows_written"] == 3 and summary["quarantined"] == 1
     assert table_of(out).column("id").to_pylist() == ["a", "c", "d"]
-    errors = pq.read_table(os.path.join(out, "_embedjob", "_errors")).to_pylist()
+    errors = pq.read_table(os.path.join(out, ".embedjob", "_errors")).to_pylist()
     assert [(e["id"], e["reason"]) for e in errors] == [("b", "null text")]
     summary = run_job(spec, progress=False, keep_warm=True, overwrite=True)
     assert lance.dataset(out).count_rows() == 3
@@ -212,7 +212,7 @@ def test_nightly_updates_of_a_live_table(tmp_path, tiny_st_model, jobio, jobkit,
     second = run_night(2, night)
     assert (second["embedded"], second["reused"], second["deleted"]) == (8, 192, 3)
     assert second["deleted_rows"] == 8  # 3 changed texts, 2 changed tags, 3 gone
-    deleted = pq.read_table(os.path.join(out, "_embedjob", "_deleted")).column("id").to_pylist()
+    deleted = pq.read_table(os.path.join(out, ".embedjob", "_deleted")).column("id").to_pylist()
     assert sorted(deleted) == ["doc-120", "doc-160", "doc-20"]
 
     night[20] = (texts[20], "b")  # an id deleted last night comes back
@@ -248,4 +248,4 @@ def test_a_live_table_refuses_other_model_settings(tmp_path, tiny_st_model, jobi
 
 
 def success_of(out: str) -> dict:
-    return json.load(open(os.path.join(out, "_embedjob", "_SUCCESS")))
+    return json.load(open(os.path.join(out, ".embedjob", "_SUCCESS")))

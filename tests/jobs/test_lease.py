@@ -52,7 +52,7 @@ def test_an_expired_lease_is_taken_over_and_a_taken_lease_stops_its_old_holder(t
 def test_a_job_is_refused_while_another_run_holds_its_output(
     output, tmp_path, tiny_st_model, jobio, jobkit, ray_session
 ):
-    """Either sink: the lease lives in the output's metadata folder (a Lance dataset's `_embedjob/`)."""
+    """Either sink: the lease lives in the output's metadata folder (a Lance dataset's `.embedjob/`)."""
     from jobs import run_job
     from jobs.sinks import metadata_store
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 
 
 def job_of(out: str) -> dict:
-    return json.load(open(os.path.join(out, "_job.json")))
+    return json.load(open(os.path.join(out, ".embedjob", "_job.json")))
 
 
 @pytest.mark.parametrize("precision", ["int8", "uint8"])
@@ -42,9 +42,9 @@ def test_an_int8_job_calibrates_its_ranges_once_and_keeps_them(
     assert got.dtype == want.dtype and np.abs(got.astype(int) - want.astype(int)).max() <= 1
 
     # A shard redone after a crash quantises with the stored ranges: the same bytes as before.
-    store = OutputStore(out)
+    store = OutputStore(os.path.join(out, ".embedjob"))
     store.fold_all()
-    os.remove(os.path.join(out, "_SUCCESS"))
+    os.remove(os.path.join(out, ".embedjob", "_SUCCESS"))
     first_part = records[0]["file"]
     before = jobkit.vectors(jobkit.read_job(out)[1])
     table0 = store.records_table()

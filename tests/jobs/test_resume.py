@@ -54,7 +54,7 @@ def test_killed_driver_resumes_without_duplicates(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    store = OutputStore(out)
+    store = OutputStore(os.path.join(out, ".embedjob"))
     deadline = time.monotonic() + 180
     try:
         while len(store.committed_ids()) < 3:
@@ -65,7 +65,7 @@ def test_killed_driver_resumes_without_duplicates(
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     done_before = len(store.committed_ids())
-    assert 3 <= done_before < 12 and not os.path.exists(os.path.join(out, "_SUCCESS"))
+    assert 3 <= done_before < 12 and not os.path.exists(os.path.join(out, ".embedjob", "_SUCCESS"))
 
     summary = run_job(spec, progress=False, keep_warm=True)
     assert summary["shards"] == 12 and summary["skipped_shards"] >= 3
@@ -103,15 +103,15 @@ def test_uncommitted_final_file_is_rewritten(tmp_path, tiny_st_model, oracle, jo
     records, _ = jobkit.read_job(out)
     victim = records[1]
     # A crash between the data file's move and its record: the file is at its final name, no record.
-    manifest = os.path.join(out, "_manifest", "manifest.parquet")
+    manifest = os.path.join(out, ".embedjob", "_manifest", "manifest.parquet")
     folded = pq.read_table(manifest)
     pq.write_table(folded.filter(pc.not_equal(folded.column("shard_id"), victim["shard_id"])), manifest)
     with open(os.path.join(out, victim["file"]), "wb") as f:
         f.write(b"half-written garbage")
-    os.makedirs(os.path.join(out, "_tmp"), exist_ok=True)
-    open(os.path.join(out, "_tmp", "stale.parquet"), "wb").write(b"junk")
+    stale = os.path.join(out, ".part-00009-x.parquet.0123abcd.tmp")  # what a killed local write leaves
+    open(stale, "wb").write(b"junk")
     summary = run_job(spec, progress=False, keep_warm=True)
     # This run embedded the one shard it redid; the output holds all 40 rows.
     assert summary["skipped_shards"] == 3 and summary["embedded"] == 10 and summary["total"]["embedded"] == 40
-    assert not os.path.exists(os.path.join(out, "_tmp"))
+    assert not os.path.exists(stale)
     check_exactly_once(out, texts, oracle, jobkit)

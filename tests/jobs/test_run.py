@@ -51,10 +51,10 @@ def test_parquet_files_with_row_groups(tmp_path, tiny_st_model, oracle, jobio, j
     hf = datasets.load_dataset("parquet", data_files=files, split="train")
     assert len(hf) == 130 and len(hf[0]["embedding"]) == got.shape[1]
 
-    job = json.load(open(os.path.join(out, "_job.json")))
+    job = json.load(open(os.path.join(out, ".embedjob", "_job.json")))
     assert job["model"]["dimension"] == got.shape[1] and job["weights_fingerprint"]
     assert job["versions"]["pyarrow"] == pa.__version__
-    success = json.load(open(os.path.join(out, "_SUCCESS")))
+    success = json.load(open(os.path.join(out, ".embedjob", "_SUCCESS")))
     assert success["rows_written"] == 130
     from jobs.cli import main
 
@@ -117,7 +117,7 @@ def test_bad_rows_quarantine_and_fail(tmp_path, tiny_st_model, jobio, jobkit):
     )
     summary = run_job(spec, progress=False, keep_warm=True)
     assert summary["quarantined"] == 1 and summary["rows_written"] == 29
-    errors = pq.read_table(os.path.join(out, "_errors")).to_pylist()
+    errors = pq.read_table(os.path.join(out, ".embedjob", "_errors")).to_pylist()
     assert errors == [{"id": "doc-4", "file": "in.parquet", "row": 4, "reason": "null text"}]
     spec = jobkit.job_spec(tiny_st_model, str(tmp_path / "in.parquet"), str(tmp_path / "f"))
     with pytest.raises(JobError, match=r"shard 0 .*in\.parquet.*row 4: null text"):

@@ -131,7 +131,7 @@ def test_job_s3_to_s3(s3_server, jobio, tiny_st_model, ray_session):
     assert "_SUCCESS" in keys and "_job.json" in keys and "_plan.parquet" in keys
     assert not any(k.startswith("_tmp/") for k in keys)  # staging cleaned up
     assert {k for k in keys if k.startswith("part-")} == {r["file"] for r in records}
-    job = json.loads(fs.cat(f"{out}/_job.json"))
+    job = json.loads(fs.cat(f"{out}/.embedjob/_job.json"))
     assert job["spec"]["input"]["storage_options"]["secret"] == "***"
 
     # A rerun into the same output finds every shard committed and redoes nothing.
@@ -150,7 +150,7 @@ def test_nightly_on_s3_reuses_by_id_after_a_reexport(s3_server, jobio, tiny_st_m
     fs = s3_server.fs()
     out1 = s3_server.prefix(s3_server.buckets[1], "night1")
     run_job(s3_job(s3_server, tiny_st_model, inp, out1), progress=False)
-    assert fs.exists(f"{out1[5:]}/_index/_index.json")
+    assert fs.exists(f"{out1[5:]}/.embedjob/_index/_index.json")
 
     rows = dict(expected)
     changed, gone = sorted(rows)[7], sorted(rows)[40]
@@ -167,6 +167,6 @@ def test_nightly_on_s3_reuses_by_id_after_a_reexport(s3_server, jobio, tiny_st_m
     assert (summary["embedded"], summary["reused"], summary["deleted"]) == (1, len(rows) - 1, 1)
     _, table = jobio.read_output(fs, out2)
     assert sorted(table.column("id").to_pylist()) == sorted(rows)
-    assert not fs.find(f"{out2[5:]}/_work")
-    with fs.open(f"{out2[5:]}/_deleted/deleted-00000.parquet", "rb") as f:
+    assert not fs.find(f"{out2[5:]}/.embedjob/_work")
+    with fs.open(f"{out2[5:]}/.embedjob/_deleted/deleted-00000.parquet", "rb") as f:
         assert pq.read_table(f).column("id").to_pylist() == [gone]

@@ -143,7 +143,7 @@ def test_remote_code_refused_unless_trusted(tmp_path, tiny_st_model, small_input
         run_job(_spec(model, inp, str(tmp_path / "off")), progress=False)
     assert "Traceback" not in str(info.value) and len(str(info.value).splitlines()) == 1
     assert not marker.exists()  # the custom code never ran, in the driver or in an actor
-    assert not (tmp_path / "off" / "_job.json").exists()
+    assert not (tmp_path / "off" / ".embedjob" / "_job.json").exists()
 
     run_job(_spec(model, inp, str(tmp_path / "on"), trust_remote_code=True), progress=False)
     assert marker.exists()
@@ -155,7 +155,7 @@ def test_pickle_weights_refused_unless_allowed(tmp_path, tiny_pickle_model, smal
     inp, _ = small_input
     with pytest.raises(JobError, match="could not load the model: .*allow_pickle"):
         run_job(_spec(tiny_pickle_model, inp, str(tmp_path / "off")), progress=False)
-    assert not (tmp_path / "off" / "_job.json").exists()
+    assert not (tmp_path / "off" / ".embedjob" / "_job.json").exists()
     summary = run_job(_spec(tiny_pickle_model, inp, str(tmp_path / "on"), allow_pickle=True), progress=False)
     assert summary["rows_written"] == 6
 

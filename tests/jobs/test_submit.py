@@ -207,9 +207,9 @@ def test_submit_missing_job_file_is_usage_error(tmp_path: Path, capsys: pytest.C
 
 
 def _run(root: Path, name: str, success: bool) -> None:
-    (root / name / "_manifest").mkdir(parents=True)
+    (root / name / ".embedjob" / "_manifest").mkdir(parents=True)
     if success:
-        (root / name / "_SUCCESS").write_text("{}")
+        (root / name / ".embedjob" / "_SUCCESS").write_text("{}")
 
 
 def test_latest_successful_run_skips_unfinished(tmp_path: Path) -> None:
@@ -562,8 +562,8 @@ def test_submit_runs_the_job_on_the_cluster(ray_head: RayHead, tiny_job: dict, t
     print(f"embedjob submit end to end: {seconds:.1f} s")
 
     # The output is complete and right: every row once, vectors equal to sentence-transformers'.
-    assert (out / "_SUCCESS").is_file() and (out / "_job.json").is_file()
-    assert len(OutputStore(str(out)).records()) == 4
+    assert (out / ".embedjob" / "_SUCCESS").is_file() and (out / ".embedjob" / "_job.json").is_file()
+    assert len(OutputStore(str(out / ".embedjob")).records()) == 4
     table = pq.read_table(sorted(out.glob("part-*.parquet")))
     assert sorted(table["id"].to_pylist()) == sorted(tiny_job["texts"])
     got = dict(zip(table["id"].to_pylist(), table["embedding"].to_pylist(), strict=True))
@@ -585,7 +585,11 @@ def test_submit_runs_the_job_on_the_cluster(ray_head: RayHead, tiny_job: dict, t
     assert info.runtime_env["env_vars"] == {"HF_TOKEN": SECRET}
     assert SECRET not in info.entrypoint and SECRET not in json.dumps(info.metadata)
     assert SECRET not in client.get_job_logs(job_id) and SECRET not in proc.stdout + proc.stderr
-    for meta in [out / "_job.json", out / "_SUCCESS", *(out / "_manifest").iterdir()]:
+    for meta in [
+        out / ".embedjob" / "_job.json",
+        out / ".embedjob" / "_SUCCESS",
+        *(out / ".embedjob" / "_manifest").iterdir(),
+    ]:
         assert SECRET.encode() not in meta.read_bytes(), meta.name
     assert ray_head.env["RAY_AUTH_TOKEN"] not in json.dumps(info.runtime_env) + info.entrypoint
 
@@ -616,7 +620,7 @@ def test_no_wait_then_status_and_a_failing_job(ray_head: RayHead, tiny_job: dict
         time.sleep(1)
     assert status.returncode == 1, status.stdout + status.stderr
     assert status.stdout.startswith(f"{job_id}\tFAILED")
-    assert not (tmp_path / "out" / "_SUCCESS").exists()
+    assert not (tmp_path / "out" / ".embedjob" / "_SUCCESS").exists()
     # A status query without the token is refused, and says so.
     refused = _embedjob(
         ray_head,
