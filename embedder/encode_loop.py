@@ -101,6 +101,22 @@ def batch_features(
     yield from run_ahead(made, 1) if prefetch else made
 
 
+def forward(
+    model: Callable[[dict[str, Any]], dict[str, Any]],
+    items: Iterator[tuple[list[int], dict[str, Any]]],
+    device: torch.device,
+    *,
+    on_batch: Callable[[list[int], dict[str, Any]], None],
+) -> Iterator[tuple[list[int], dict[str, Any]]]:
+    """(batch, output features) per batch, the forward pass run on `device`."""
+    # Kernels (flash-attn's included) launch on the current device: make it the replica's own ("cuda:N").
+    scope = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with scope:
+        for batch, features in items:
+            on_batch(batch, features)
+            yield batch, model(to_device(features, device))
+
+
 def run(
     model: Callable[[dict[str, Any]], dict[str, Any]],
     items: Iterator[tuple[list[int], dict[str, Any]]],
@@ -112,14 +128,11 @@ def run(
 ) -> torch.Tensor:
     """Sentence embeddings of every batch, concatenated in batch order (float32; on CPU unless keep_on_device)."""
     collector = HostCollector(device, keep_on_device=keep_on_device)
-    # Kernels (flash-attn's included) launch on the current device: make it the replica's own ("cuda:N").
-    scope = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-    with scope:
-        for batch, features in items:
-            on_batch(batch, features)
-            features = to_device(features, device)
-            collector.add(postprocess(model(features)["sentence_embedding"]))
-        return collector.result()
+    # closing: the generator's device scope ends here even when a batch fails, not whenever it is collected.
+    with contextlib.closing(forward(model, items, device, on_batch=on_batch)) as outputs:
+        for _, features in outputs:
+            collector.add(postprocess(features["sentence_embedding"]))
+    return collector.result()
 
 
 def finish(emb: torch.Tensor, truncate_dim: int | None, normalize: bool) -> torch.Tensor:

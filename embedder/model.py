@@ -6,16 +6,19 @@ import json
 import os
 from collections import OrderedDict
 from collections.abc import Iterable
+from itertools import chain
 from typing import Any
 
 import numpy as np
 import torch
 import transformers
 
-from embedder import encode_loop, hub
+from embedder import encode_loop, hub, outputs
 from embedder.modules import LoadOptions, Module, module_class, type_name_for
 from embedder.modules.base import read_json_file
+from embedder.modules.router import TEXT_MODALITY
 from embedder.modules.transformer import PACKED_KEY
+from embedder.outputs import OutputValue
 from embedder.quantize import Precision, check_precision, quantize_embeddings
 from embedder.similarity import (
     SIMILARITY_NAMES,
@@ -28,6 +31,8 @@ from embedder.similarity import (
 __version__ = "0.1.0"
 MODULES_FILE = "modules.json"
 ST_CONFIG_FILE = "config_sentence_transformers.json"
+# What encode returns: vectors (array, tensor or list), or per text token embeddings or feature dicts.
+EncodeResult = np.ndarray | torch.Tensor | list[Any] | dict[str, Any]
 # sentence-transformers >= 5 always knows these two prompts; an empty one means "no prompt, and no default".
 DEFAULT_PROMPTS = {"query": "", "document": ""}
 
@@ -202,7 +207,9 @@ class EmbeddingModel(torch.nn.Sequential):
         show_progress_bar: bool | None = None,
         max_batch_tokens: int | None = None,
         batching: encode_loop.Batching = "sentence-transformers",
-    ) -> np.ndarray | torch.Tensor | list[torch.Tensor]:
+        output_value: OutputValue = "sentence_embedding",
+        device: str | torch.device | None = None,
+    ) -> EncodeResult:
         """Embed `inputs` (a string -> 1-D vector, a list -> (n, dim)) in input order.
 
         Texts are tokenised once and sorted longest first. By default they are sorted by characters and cut into
@@ -211,16 +218,22 @@ class EmbeddingModel(torch.nn.Sequential):
         budget (see encode_loop.plan) and runs BERT-family encoders unpadded (packed): much faster, vectors
         within ~1e-6 of sentence-transformers'.
         `truncate_dim` applies before `normalize_embeddings`, quantisation (`precision`) after both.
+        `output_value="token_embeddings"` gives each text its real tokens' vectors, None its feature dict (see
+        embedder.outputs); both run the padded forward. `device` moves the model there first, for good.
         """
         check_precision(precision)
+        outputs.check_output_value(output_value, precision)
         encode_loop.check_batching(batching)
         if batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
         texts, single = as_text_list(inputs)
         prompt = self.resolve_prompt(prompt, prompt_name)
         truncate_dim = truncate_dim if truncate_dim is not None else self.truncate_dim
+        if device is not None:
+            self._move_to(device)
+        sentence = output_value == "sentence_embedding"
         if not texts:
-            return self._empty(precision, convert_to_tensor, convert_to_numpy)
+            return self._empty(precision, convert_to_tensor, convert_to_numpy) if sentence else []
 
         first = self[0]
         encoded, lengths, order, batches = encode_loop.plan(
@@ -233,16 +246,28 @@ class EmbeddingModel(torch.nn.Sequential):
             batches = tqdm(batches, desc="Batches")
         items = encode_loop.batch_features(
             first, texts, encoded, batches, prompt=prompt, task=task, prefetch=self.device.type == "cuda",
-            packed=encode_loop.uses_packed(batching, max_batch_tokens),
+            # The packed forward leaves padding rows at zero and may move a last bit: sentence embeddings only.
+            packed=sentence and encode_loop.uses_packed(batching, max_batch_tokens),
         )  # fmt: skip
         self.eval()
+
+        def count(batch: list[int], features: dict[str, Any]) -> None:
+            self._count(features, [lengths[i] for i in batch])
+
         with torch.inference_mode():
+            if not sentence:
+                rows = outputs.collect(
+                    encode_loop.forward(self, items, self.device, on_batch=count), len(texts), output_value,
+                    truncate_dim=truncate_dim, precision=precision, convert_to_numpy=convert_to_numpy,
+                    convert_to_tensor=convert_to_tensor,
+                )  # fmt: skip
+                return rows[0] if single else rows
             sorted_emb = encode_loop.run(
                 self,
                 items,
                 self.device,
                 postprocess=lambda emb: encode_loop.finish(emb, truncate_dim, normalize_embeddings),
-                on_batch=lambda batch, features: self._count(features, [lengths[i] for i in batch]),
+                on_batch=count,
                 keep_on_device=convert_to_tensor,
             )
         embeddings = encode_loop.unsort(sorted_emb, order)
@@ -260,15 +285,11 @@ class EmbeddingModel(torch.nn.Sequential):
             result = list(embeddings)
         return result[0] if single else result
 
-    def encode_query(
-        self, inputs: str | Iterable[str], **kwargs: Any
-    ) -> np.ndarray | torch.Tensor | list[torch.Tensor]:
+    def encode_query(self, inputs: str | Iterable[str], **kwargs: Any) -> EncodeResult:
         """encode with the "query" prompt (if none given) and task "query" (routes Router models)."""
         return self._encode_as("query", inputs, **kwargs)
 
-    def encode_document(
-        self, inputs: str | Iterable[str], **kwargs: Any
-    ) -> np.ndarray | torch.Tensor | list[torch.Tensor]:
+    def encode_document(self, inputs: str | Iterable[str], **kwargs: Any) -> EncodeResult:
         """encode with the "document" prompt (if none given) and task "document" (routes Router models)."""
         return self._encode_as("document", inputs, **kwargs)
 
@@ -277,6 +298,29 @@ class EmbeddingModel(torch.nn.Sequential):
             kwargs["prompt_name"] = task
         kwargs.setdefault("task", task)
         return self.encode(inputs, **kwargs)
+
+    def tokenize(
+        self, texts: str | Iterable[str], *, prompt: str | None = None, task: str | None = None
+    ) -> dict[str, Any]:
+        """The first module's padded features for `texts` (input_ids, attention_mask...), as sentence-transformers'."""
+        batch, _ = as_text_list(texts)
+        if not batch:
+            return {}
+        features = self[0].preprocess(batch, prompt=prompt, task=task)
+        features.setdefault("modality", TEXT_MODALITY)
+        return features
+
+    def _move_to(self, device: str | torch.device) -> None:
+        """Put the model on `device` for this and later calls (sentence-transformers' encode(device=...))."""
+        if isinstance(device, (list, tuple)):
+            raise ValueError(
+                f"device must be one device, got {device!r}; for many devices use the jobs runner"
+            )
+        # A tensor's device is canonical: "cpu:0" is "cpu", a bare "cuda" the current CUDA device.
+        target = torch.empty(0, device=device).device
+        self._target_device = target
+        if any(t.device != target for t in chain(self.parameters(), self.buffers())):
+            self.to(target)
 
     def _count(self, features: dict[str, Any], lengths: list[int]) -> None:
         """Add this batch's real and padded token counts to `stats`."""

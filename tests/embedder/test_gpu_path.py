@@ -116,3 +116,16 @@ def test_cuda_collector_async_copies() -> None:
     out = collector.result()
     assert out.device.type == "cpu" and out.is_pinned() and out.dtype == torch.float32
     assert out[:, 0].tolist() == [float(i) for i in range(5) for _ in range(4)]
+
+
+@cuda
+def test_encode_device_moves_the_model(tiny_bert_dir, sample_texts, parity) -> None:
+    model = EmbeddingModel(tiny_bert_dir(st=True), device="cpu")
+    on_cpu = model.encode(sample_texts)
+    parity(model.encode(sample_texts, device="cuda"), on_cpu)
+    # It stays there for later calls, as in sentence-transformers.
+    assert model.device.type == "cuda"
+    tokens = model.encode(sample_texts, output_value="token_embeddings", convert_to_tensor=True)
+    assert all(t.device.type == "cuda" for t in tokens)
+    parity(model.encode(sample_texts, device="cpu"), on_cpu)
+    assert model.device.type == "cpu"

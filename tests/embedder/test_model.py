@@ -343,6 +343,34 @@ def test_truncate_dim_in_constructor(tiny_bert_dir, sample_texts, parity) -> Non
     assert ours.encode(sample_texts, truncate_dim=4).shape == (len(sample_texts), 4)
 
 
+def test_tokenize_matches_sentence_transformers(tiny_bert_dir, sample_texts) -> None:
+    path = tiny_bert_dir(max_seq_length=12)
+    ours, theirs = EmbeddingModel(path, device="cpu"), SentenceTransformer(path, device="cpu")
+    for prompt in (None, "query: "):
+        a, b = ours.tokenize(sample_texts, prompt=prompt), theirs.tokenize(sample_texts, prompt=prompt)
+        assert a.keys() == b.keys() and {"input_ids", "attention_mask", "token_type_ids"} <= a.keys()
+        for key, value in a.items():
+            if isinstance(value, torch.Tensor):
+                assert value.dtype == b[key].dtype and torch.equal(value, b[key]), key
+            else:
+                assert value == b[key], key
+    assert ours.tokenize([]) == theirs.tokenize([]) == {}
+    # One string is one text (sentence-transformers' tokenize would take each character for a text).
+    assert ours.tokenize("hello world")["input_ids"].shape == (1, 4)
+
+
+def test_encode_on_a_given_device(tiny_bert_dir, sample_texts) -> None:
+    ours = EmbeddingModel(tiny_bert_dir(st=True), device="cpu")
+    expected = ours.encode(sample_texts)
+    for device in ("cpu", torch.device("cpu"), "cpu:0"):
+        np.testing.assert_array_equal(ours.encode(sample_texts, device=device), expected)
+        assert ours.device == torch.device("cpu")
+    tokens = ours.encode(sample_texts, device="cpu", output_value="token_embeddings", convert_to_tensor=True)
+    assert all(t.device.type == "cpu" for t in tokens)
+    with pytest.raises(ValueError, match=r"one device, got \['cpu', 'cpu'\]"):
+        ours.encode(sample_texts, device=["cpu", "cpu"])
+
+
 def test_bfloat16_model_kwargs(tiny_bert_dir, sample_texts) -> None:
     path = tiny_bert_dir(st=True)
     half = EmbeddingModel(path, device="cpu", model_kwargs={"torch_dtype": "bfloat16"})
