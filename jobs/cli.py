@@ -1,4 +1,4 @@
-"""`embedjob run | plan | status | submit`: a YAML job file, with common fields as flags (flags win)."""
+"""`embedjob run | plan | status | search | submit`: a YAML job file, with common fields as flags (flags win)."""
 
 from __future__ import annotations
 
@@ -8,101 +8,86 @@ import sys
 import time
 from typing import Any
 
+from jobs.flags import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_QUARANTINED,
+    EXIT_STATUS,
+    EXIT_USAGE,
+    add_job_flags,
+    load_spec,
+)
 from jobs.redact import register_secrets_in
 from jobs.spec import JobSpec, SpecError
 
 SHOWN_SHARDS = 50
-# flag dest -> dotted spec field
-FLAG_FIELDS = {
-    "model": "model.name",
-    "input": "input.uri",
-    "output": "output.uri",
-    "text_column": "input.text_column",
-    "id_column": "input.id_column",
-    "previous": "previous",
-    "rows_per_file": "output.rows_per_file",
-    "replicas": "compute.replicas",
-    "cpus_per_replica": "compute.cpus_per_replica",
-    "gpus_per_replica": "compute.gpus_per_replica",
-    "batch_size": "compute.batch_size",
-    "max_batch_tokens": "compute.max_batch_tokens",
-    "device": "compute.device",
-    "precision": "model.precision",
-    "on_bad_row": "policy.on_bad_row",
-    "output_format": "output.format",
-    "vector_index": "output.vector_index",
-}
 
 
-def _add_spec_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("job", nargs="?", help="job YAML file (optional when flags give model, input and output)")
-    p.add_argument("--model", help="model folder, hub id, or python-package:NAME")
-    p.add_argument("--input", help="input URI: Parquet file, folder or glob, or a save_to_disk folder")
-    p.add_argument("--output", help="output folder URI")
-    p.add_argument("--text-column")
-    p.add_argument("--id-column")
-    p.add_argument("--previous", help="a previous output to reuse unchanged rows' vectors from")
-    p.add_argument("--rows-per-file", type=int)
-    p.add_argument(
-        "--output-format",
-        choices=("auto", "parquet", "lance"),
-        help="parquet part files, or one Lance dataset (auto: lance when the output URI ends in .lance)",
-    )
-    p.add_argument(
-        "--vector-index",
-        choices=("none", "ivf_pq", "ivf_hnsw_sq", "ivf_flat"),
-        help="Lance output: build this vector index on the embedding column at the end (default none)",
-    )
-    p.add_argument("--replicas", type=int)
-    p.add_argument("--cpus-per-replica", type=int)
-    p.add_argument("--gpus-per-replica", type=float)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--max-batch-tokens", type=int)
-    p.add_argument("--device")
-    p.add_argument("--precision")
-    p.add_argument("--on-bad-row")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="any spec field, e.g. --set model.normalize=true (value parsed as YAML)",
+def version_text() -> str:
+    """`embedjob --version`: this package's version and the torch, Ray and Python it runs on."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return (
+        f"embedjob {installed('embedjob')} (torch {installed('torch')}, ray {installed('ray')}, "
+        f"python {platform.python_version()})"
     )
 
 
-def load_spec(args: argparse.Namespace) -> JobSpec:
-    """The job file with the flags applied on top."""
-    import yaml
+class _VersionAction(argparse.Action):
+    """--version, looked up only when asked: importlib.metadata takes tens of ms, every command would pay."""
 
-    overrides: dict[str, Any] = {}
-    for dest, dotted in FLAG_FIELDS.items():
-        value = getattr(args, dest, None)
-        if value is not None:
-            overrides[dotted] = value
-    for item in args.set:
-        if "=" not in item:
-            raise SpecError(f"--set: expected FIELD=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = yaml.safe_load(value)
-    return JobSpec.load(args.job, overrides)
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print(version_text())
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `embedjob`."""
     parser = argparse.ArgumentParser(
-        prog="embedjob", description="Batch-embed Parquet or HF datasets on Ray."
+        prog="embedjob",
+        description="Batch-embed Parquet or HF datasets on Ray.",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action=_VersionAction, help="print the versions of embedjob, torch, Ray")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a job (resumes into an existing output of the same job)")
-    _add_spec_flags(run)
+    run = sub.add_parser(
+        "run",
+        help="run a job (resumes into an existing output of the same job)",
+        description="Run a job on a local Ray or a cluster's; resumes into an existing output of the\n"
+        "same job. docs/job-spec.md lists every field of the job file.",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_job_flags(run)
     run.add_argument(
         "--overwrite", action="store_true", help="delete whatever the output holds and start again"
     )
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    run.add_argument("--log-file", help="write the JSON log lines here instead of stderr")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    plan = sub.add_parser("plan", help="list the input, validate it and print the shards and estimates")
-    _add_spec_flags(plan)
+    run.add_argument("--log-file", help="write the JSON log lines here instead of stderr (default: stderr)")
+    run.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (default: one on a terminal)"
+    )
+    plan = sub.add_parser(
+        "plan",
+        help="list the input, validate it and print the shards and estimates",
+        description="List the input, validate it and print the shards and estimates; writes nothing.\n"
+        "docs/job-spec.md lists every field of the job file.",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_job_flags(plan)
     plan.add_argument(
         "--calibrate", action="store_true", help="time the model on a sample to estimate the run time"
     )
@@ -115,8 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("output_uri", nargs="?", help="output URI to report committed shards of")
     status.add_argument("--output", help="same as OUTPUT_URI")
-    status.add_argument("--job-id")
-    status.add_argument("--address")
+    status.add_argument("--job-id", help="a job id `embedjob submit` printed: report that job's Ray status")
+    status.add_argument(
+        "--address", help="with --job-id: the dashboard address, e.g. http://HEAD:8265 (default: RAY_ADDRESS)"
+    )
     status.add_argument("--json", action="store_true", help="print the progress as JSON")
     status.add_argument(
         "--storage-options",
@@ -128,9 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("output_uri", help="a job's output (Parquet folder or .lance dataset)")
     search.add_argument("query", help="the query text")
-    search.add_argument("-k", type=int, default=10, help="how many rows (default 10)")
+    search.add_argument("-k", type=int, default=10, help="how many rows (default: 10)")
     search.add_argument("--json", action="store_true", help="print the hits as JSON")
-    search.add_argument("--storage-options", help="the output's fsspec storage options as YAML")
+    search.add_argument(
+        "--storage-options",
+        help="the output's fsspec storage options as YAML (default: credentials from the environment)",
+    )
     try:
         from jobs import submit
     except ImportError:
@@ -152,8 +142,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         log_file=args.log_file,
     )
     print_summary(summary)
-    # 3: finished, but some rows were quarantined (see OUT/_errors/); scripts can tell that from a clean run.
-    return 3 if summary.get("total", summary).get("quarantined") else 0
+    # Finished, but some rows were quarantined (see OUT/_errors/): scripts can tell that from a clean run.
+    return EXIT_QUARANTINED if summary.get("total", summary).get("quarantined") else EXIT_OK
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -290,22 +280,25 @@ def format_status(p: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `embedjob` console command; returns the exit status."""
+    """Entry point of the `embedjob` console command; returns the exit status (flags.EXIT_STATUS)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version (0) or bad usage (2): returned like every other status
+        return e.code if isinstance(e.code, int) else EXIT_OK
     handlers = {"run": cmd_run, "plan": cmd_plan, "status": cmd_status, "search": cmd_search}
     try:
         if args.command in handlers:
             return handlers[args.command](args)
         if hasattr(args, "func"):
-            return args.func(args) or 0
+            return args.func(args) or EXIT_OK
         parser.error(f"unknown command {args.command!r}")
     except SpecError as e:
         print(f"embedjob: invalid job: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("embedjob: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as e:
         from jobs.keypass import KeyPassError
         from jobs.manifest import OutputConflict
@@ -316,9 +309,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if isinstance(e, (PlanError, OutputConflict, JobError, StorageError, KeyPassError)):
             print(f"embedjob: {type(e).__name__}: {redact_text(str(e))}", file=sys.stderr)
-            return 1
+            return EXIT_FAILED
         raise
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -40,48 +40,94 @@ class _Section(BaseModel):
 class ModelSpec(_Section):
     """Which model to load and how to encode with it."""
 
-    name: str = ""
-    revision: str | None = None
-    model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    prompt_name: str | None = None
-    prompt: str | None = None
-    task: str | None = None
-    normalize: bool = False
-    truncate_dim: int | None = Field(None, ge=1)
-    precision: Precision = "float32"
-    # int8/uint8: per-dimension [mins, maxs] to quantise with; unset, the job calibrates them on its input.
-    int8_ranges: list[list[float]] | None = None
-    max_seq_length: int | None = Field(None, ge=1)
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
+    name: str = Field(
+        "",
+        description="required: a local folder, a Hugging Face hub id, or python-package:NAME (a package "
+        "with get_model_path())",
+    )
+    revision: str | None = Field(
+        None, description="hub revision: a branch, tag or commit (unset: the default branch)"
+    )
+    model_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments for loading the model, e.g. {dtype: bfloat16}"
+    )
+    prompt_name: str | None = Field(
+        None, description="a prompt saved with the model, e.g. query or document, put before every text"
+    )
+    prompt: str | None = Field(
+        None, description="a literal prompt put before every text (instead of prompt_name)"
+    )
+    task: str | None = Field(None, description="the task a Router model routes the texts to, e.g. document")
+    normalize: bool = Field(False, description="scale every vector to unit length")
+    truncate_dim: int | None = Field(
+        None, ge=1, description="keep the first N dimensions of every vector (Matryoshka models; unset: all)"
+    )
+    precision: Precision = Field("float32", description="the vectors' type: floats, or quantised int8/binary")
+    int8_ranges: list[list[float]] | None = Field(
+        None,
+        description="int8/uint8: [[min per dimension], [max per dimension]] to quantise with (unset: "
+        "calibrated once per output on a sample of its input, then kept by resumes and --previous runs)",
+    )
+    max_seq_length: int | None = Field(
+        None, ge=1, description="the tokens the model reads of a text (unset: the model's own limit)"
+    )
+    trust_remote_code: bool = Field(False, description="run the model repository's own Python code")
+    allow_pickle: bool = Field(
+        False, description="load pickled weights (pytorch_model.bin), which can run code"
+    )
 
 
 class InputSpec(_Section):
     """Where the rows come from: Parquet files (any fsspec filesystem) or a Hugging Face dataset."""
 
-    uri: str | None = None
-    format: InputFormat = "auto"
-    storage_options: dict[str, Any] = Field(default_factory=dict)
-    text_column: str = "text"
-    id_column: str | None = None
-    passthrough: list[str] = Field(default_factory=list)
-    dataset: str | None = None
-    config: str | None = None
-    split: str | None = None
-    data_files: Any = None
-    previous: str | None = None
+    uri: str | None = Field(
+        None,
+        description="a Parquet file, folder or glob, or a save_to_disk folder (required unless dataset or "
+        "data_files)",
+    )
+    format: InputFormat = Field(
+        "auto",
+        description="what the input is; auto: hf_hub with dataset, hf_files with data_files, hf_disk for a "
+        "save_to_disk folder, else parquet",
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec options for reading the input (unset: credentials from the environment)",
+    )
+    text_column: str = Field("text", description="the column of texts to embed")
+    id_column: str | None = Field(None, description="the column of unique row ids (unset: ids are FILE:ROW)")
+    passthrough: list[str] = Field(
+        default_factory=list, description="input columns copied to the output next to each vector"
+    )
+    dataset: str | None = Field(None, description="a Hugging Face hub dataset id (format hf_hub)")
+    config: str | None = Field(None, description="the hub dataset's configuration name")
+    split: str | None = Field(None, description="the dataset's split (required when it has several)")
+    data_files: Any = Field(
+        None, description="files for datasets.load_dataset (format hf_files; the builder from the extension)"
+    )
+    previous: str | None = Field(None, description="the same as the top-level previous")
 
 
 class OutputSpec(_Section):
     """Where the vectors go; one output file per shard of at most `rows_per_file` rows."""
 
-    uri: str = ""
-    rows_per_file: int = Field(10_000, ge=1)
-    compression: Compression = "zstd"
-    storage_options: dict[str, Any] = Field(default_factory=dict)
-    format: OutputFormat = "auto"  # "auto": lance when the URI ends in .lance, else parquet
-    vector_index: VectorIndex = "none"  # lance: built on the embedding column at the end of the job
-    id_index: bool = False  # lance: a BTREE scalar index on id at the end of the job
+    uri: str = Field(
+        "", description="required: the output folder, or a .lance dataset, on any fsspec filesystem"
+    )
+    rows_per_file: int = Field(10_000, ge=1, description="the most rows of a shard, and so of an output file")
+    compression: Compression = Field("zstd", description="the Parquet output files' compression codec")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec options for writing the output (unset: credentials from the environment)",
+    )
+    format: OutputFormat = Field(
+        "auto", description="Parquet part files or one Lance dataset; auto: lance when uri ends in .lance"
+    )
+    vector_index: VectorIndex = Field(
+        "none",
+        description="Lance output: the vector index built on the embedding column at the end of the job",
+    )
+    id_index: bool = Field(False, description="Lance output: build a BTREE index on id at the end of the job")
 
     @property
     def kind(self) -> str:
@@ -94,24 +140,56 @@ class OutputSpec(_Section):
 class ComputeSpec(_Section):
     """How many model replicas, on what, with which batch size (or token budget)."""
 
-    replicas: int | None = Field(None, ge=1)
-    gpus_per_replica: float | None = Field(None, ge=0)
-    cpus_per_replica: int = Field(1, ge=1)
-    batch_size: int = Field(32, ge=1)
-    max_batch_tokens: int | None = Field(None, ge=1)
-    device: Device = "auto"
-    in_flight_per_replica: int = Field(2, ge=1)
-    # wait this long for nodes that fit a replica (autoscaling)
-    wait_for_resources_s: float | None = Field(None, ge=0)
+    replicas: int | None = Field(
+        None,
+        ge=1,
+        description="model replicas (unset: the cluster's GPUs / gpus_per_replica, or its CPUs / "
+        "cpus_per_replica)",
+    )
+    gpus_per_replica: float | None = Field(
+        None,
+        ge=0,
+        description="GPUs a replica holds; a fraction shares a GPU (unset: 1 with device cuda, else 0)",
+    )
+    cpus_per_replica: int = Field(1, ge=1, description="CPUs a replica holds (and its torch threads)")
+    batch_size: int = Field(32, ge=1, description="texts per model batch")
+    max_batch_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="padded tokens per model batch (unset: batch_size times the model's token limit)",
+    )
+    device: Device = Field("auto", description="where replicas run; auto: on GPUs when the cluster has any")
+    in_flight_per_replica: int = Field(
+        2, ge=1, description="shards queued per replica, so it never waits for the next"
+    )
+    wait_for_resources_s: float | None = Field(
+        None,
+        ge=0,
+        description="seconds to wait for nodes that fit a replica, e.g. from an autoscaler (unset: fail at "
+        "once)",
+    )
 
 
 class PolicySpec(_Section):
     """What to do about bad rows, flaky storage and dying workers."""
 
-    on_bad_row: BadRowPolicy = "fail"
-    retries: int = Field(5, ge=1)
-    shard_attempts: int = Field(4, ge=1)
-    max_text_chars: int | None = Field(None, ge=1)  # None: cut at 256 chars per token of the model's limit
+    on_bad_row: BadRowPolicy = Field(
+        "fail",
+        description="a bad row (null text, invalid UTF-8, null or repeated id) fails the job, or goes to "
+        "OUTPUT/_errors/",
+    )
+    retries: int = Field(
+        5, ge=1, description="tries of each storage call, with backoff, before the job fails"
+    )
+    shard_attempts: int = Field(
+        4, ge=1, description="tries of a shard whose replica died before the job fails"
+    )
+    max_text_chars: int | None = Field(
+        None,
+        ge=1,
+        description="cut a text after this many visible characters (unset: 256 per token of the model's "
+        "limit)",
+    )
 
 
 class JobSpec(_Section):
@@ -122,7 +200,11 @@ class JobSpec(_Section):
     output: OutputSpec = Field(default_factory=OutputSpec)
     compute: ComputeSpec = Field(default_factory=ComputeSpec)
     policy: PolicySpec = Field(default_factory=PolicySpec)
-    previous: str | None = None
+    previous: str | None = Field(
+        None,
+        description="an earlier output to reuse unchanged rows' vectors from, matched on id (a Lance output: "
+        "output.uri itself, updated in place)",
+    )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobSpec:

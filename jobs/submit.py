@@ -1,8 +1,12 @@
 """Submit a job file to a Ray cluster through the Jobs API, follow it, ask for its status; find the last good run.
 
-Exit codes of `embedjob submit` (when it waits) and `embedjob status --job-id`:
-  0 SUCCEEDED, 1 FAILED, 3 STOPPED, 4 still PENDING/RUNNING (status only), 5 cluster unreachable, refused
-  (auth) or job unknown, 130 interrupted while following (the job keeps running). argparse uses 2.
+Exit codes of `embedjob submit` (when it waits) and `embedjob status --job-id` mean what `embedjob run`'s do
+(jobs.flags.EXIT_STATUS): 0 SUCCEEDED, 3 the run finished with quarantined rows, 2 an invalid job spec (here
+or on the cluster), 1 any other FAILED, or STOPPED; and 4 still PENDING/RUNNING (status only), 5 cluster
+unreachable, refused (auth) or job unknown, 130 interrupted while following (the job keeps running).
+
+The job flags are `embedjob run`'s: the job file with them applied is validated here and uploaded as the
+job's job.yaml; the URI flags are also forwarded on the cluster's command line, where the dashboard shows them.
 
 Credentials: the job's storage credentials should come from the cluster itself (IAM role / IRSA / workload
 identity, or a Kubernetes Secret in the pods' environment). `--env NAME` forwards a local variable through the
@@ -27,21 +31,30 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from jobs.flags import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FINISHED,
+    EXIT_OK,
+    EXIT_QUARANTINED,
+    EXIT_STATUS,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    add_job_flags,
+    job_data,
+)
 from jobs.nightly import RUN_STAMP
+from jobs.spec import JobSpec, SpecError
 
-EXIT_SUCCEEDED = 0
-EXIT_FAILED = 1
-EXIT_STOPPED = 3
-EXIT_NOT_FINISHED = 4
-EXIT_UNREACHABLE = 5
-EXIT_INTERRUPTED = 130
-STATUS_EXIT = {"SUCCEEDED": EXIT_SUCCEEDED, "FAILED": EXIT_FAILED, "STOPPED": EXIT_STOPPED}
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+# `embedjob run` exits the cluster's job passes on as its own; any other failure is EXIT_FAILED.
+PASSED_ON = {EXIT_USAGE: "invalid job spec", EXIT_QUARANTINED: "finished with quarantined rows"}
 JOB_FILE_NAME = "job.yaml"  # the name the job file gets in the uploaded working_dir
 PACKAGES = ("embedder", "jobs")
 ENTRYPOINT = ("python", "-m", "jobs.cli", "run")
 # Job logs are not a terminal: the JSON progress lines say it all, a redrawn bar only adds noise.
 ENTRYPOINT_FLAGS = ("--no-progress",)
-# `embedjob run` flags that `submit` forwards when given (a scheduler changes these per run).
+# `embedjob run` flags that `submit` also puts on the entrypoint when given (a scheduler changes these per run).
 RUN_OVERRIDES = ("model", "input", "output", "previous")
 POLL_S = 2.0
 ADDRESS_VARS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
@@ -155,36 +168,28 @@ def build_entrypoint(overrides: Mapping[str, str | None], *, overwrite: bool = F
     return shlex.join([*argv, *ENTRYPOINT_FLAGS])
 
 
-def check_locations(job_file: str, overrides: Mapping[str, str | None]) -> None:
+def check_locations(data: Mapping[str, Any]) -> None:
     """Refuse relative local paths: the job runs in a fresh folder on the cluster, where they mean nothing."""
-    import yaml
-
-    with open(job_file, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
-    inp = data.get("input") if isinstance(data.get("input"), dict) else {}
-    out = data.get("output") if isinstance(data.get("output"), dict) else {}
+    sections = {
+        name: data.get(name) if isinstance(data.get(name), dict) else {} for name in ("input", "output")
+    }
     where = {
-        "input.uri": inp.get("uri"),
-        "input.previous": inp.get("previous"),
-        "output.uri": out.get("uri"),
+        "input.uri": sections["input"].get("uri"),
+        "input.previous": sections["input"].get("previous"),
+        "output.uri": sections["output"].get("uri"),
         "previous": data.get("previous"),
     }
-    # A flag replaces the file's field on the cluster, so only the flag's value matters then.
-    for name, field in (("input", "input.uri"), ("output", "output.uri"), ("previous", "previous")):
-        if overrides.get(name) is not None:
-            where[field] = None
-            where[f"--{name}"] = overrides[name]
     for field, value in where.items():
         if isinstance(value, str) and value and "://" not in value and not os.path.isabs(value):
             raise SubmitError(
-                f"{job_file}: {field} {value!r} is a relative path; on the cluster the job runs in a "
-                "temporary folder, so give a URI (s3://...) or an absolute path the cluster's nodes share"
+                f"{field}: {value!r} is a relative path; on the cluster the job runs in a temporary folder, "
+                "so give a URI (s3://...) or an absolute path the cluster's nodes share"
             )
 
 
-def submission_id(job_file: str, now: dt.datetime | None = None) -> str:
+def submission_id(job_file: str | None, now: dt.datetime | None = None) -> str:
     """A readable, unique job id: embedjob-<job file stem>-<UTC time>-<random>."""
-    stem = os.path.splitext(os.path.basename(job_file))[0]
+    stem = os.path.splitext(os.path.basename(job_file or "job"))[0]
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in stem)[:40] or "job"
     stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime(RUN_STAMP).lower()
     return f"embedjob-{safe}-{stamp}-{uuid.uuid4().hex[:6]}"
@@ -192,19 +197,28 @@ def submission_id(job_file: str, now: dt.datetime | None = None) -> str:
 
 def submit(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> int:
     """`embedjob submit`: stage, submit, print the id, then (unless --no-wait) stream logs and return the outcome."""
-    if not os.path.isfile(args.job_file):
-        print(f"embedjob submit: job file {args.job_file!r} does not exist", file=sys.stderr)
-        return 2
+    import yaml
+
+    try:
+        data = job_data(args)
+        JobSpec.from_dict(data)
+    except SpecError as e:
+        print(f"embedjob submit: invalid job: {e}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         env_vars = forwarded_env(args.env or [], environ)
-        overrides = {n: getattr(args, n) for n in RUN_OVERRIDES}
-        check_locations(args.job_file, overrides)
-        entrypoint = build_entrypoint(overrides, overwrite=args.overwrite)
+        check_locations(data)
+        entrypoint = build_entrypoint({n: getattr(args, n) for n in RUN_OVERRIDES}, overwrite=args.overwrite)
+    except SubmitError as e:
+        print(f"embedjob submit: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         client = make_client(args.address, environ)
-        job_id = args.job_id or submission_id(args.job_file)
+        job_id = args.job_id or submission_id(args.job)
         staging = tempfile.mkdtemp(prefix="embedjob-submit-")
         try:
-            shutil.copyfile(args.job_file, os.path.join(staging, JOB_FILE_NAME))
+            with open(os.path.join(staging, JOB_FILE_NAME), "w", encoding="utf-8") as f:
+                yaml.safe_dump(data, f, sort_keys=False)
             runtime_env = build_runtime_env(staging, env_vars, upload_package=not args.no_upload_package)
             if env_vars:
                 print(
@@ -216,7 +230,7 @@ def submit(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) ->
                 entrypoint=entrypoint,
                 runtime_env=runtime_env,
                 submission_id=job_id,
-                metadata={"embedjob.job_file": os.path.basename(args.job_file)},
+                metadata={"embedjob.job_file": os.path.basename(args.job)} if args.job else None,
                 entrypoint_num_cpus=args.entrypoint_num_cpus,
             )
         finally:
@@ -226,8 +240,26 @@ def submit(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) ->
         return EXIT_UNREACHABLE
     print(job_id, flush=True)
     if args.no_wait:
-        return EXIT_SUCCEEDED
+        return EXIT_OK
     return follow(client, job_id)
+
+
+def exit_code(status: str, driver_exit_code: int | None) -> int:
+    """The exit code of a job's Ray status: `embedjob run`'s own where it means the same here."""
+    if status == "SUCCEEDED":
+        return EXIT_OK
+    if status == "FAILED" and driver_exit_code in PASSED_ON:
+        return driver_exit_code
+    return EXIT_FAILED if status in TERMINAL else EXIT_NOT_FINISHED
+
+
+def outcome(job_id: str, status: str, info: Any) -> tuple[str, int]:
+    """A job's final line (status, the first line of Ray's reason, what the exit code means) and exit code."""
+    code = exit_code(status, getattr(info, "driver_exit_code", None))
+    # Ray's failure message goes on with the last logs; its first line is the reason.
+    reason = (info.message or "").strip().splitlines()[:1] if status != "SUCCEEDED" else []
+    meaning = [f"exit {code}: {PASSED_ON[code]}"] if status == "FAILED" and code in PASSED_ON else []
+    return f"job {job_id}: {status}" + "".join(f" ({r})" for r in [*reason, *meaning]), code
 
 
 def follow(client: Any, job_id: str, out: Any = None) -> int:
@@ -259,16 +291,16 @@ def follow(client: Any, job_id: str, out: Any = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
-    reason = (info.message or "").strip().splitlines()[:1] if status != "SUCCEEDED" else []
-    print(f"job {job_id}: {status}" + "".join(f" ({r})" for r in reason), file=sys.stderr)
-    return STATUS_EXIT[status]
+    line, code = outcome(job_id, status, info)
+    print(line, file=sys.stderr)
+    return code
 
 
 def wait_terminal(client: Any, job_id: str, poll_s: float = POLL_S) -> str:
     """Poll until the job is SUCCEEDED, FAILED or STOPPED (the log stream can end a moment earlier)."""
     while True:
         status = str(client.get_job_status(job_id))
-        if status in STATUS_EXIT:
+        if status in TERMINAL:
             return status
         time.sleep(poll_s)
 
@@ -281,21 +313,25 @@ def job_status(job_id: str, address: str | None, environ: Mapping[str, str] = os
         print(f"embedjob status: job {job_id!r} at {address!r}: {e}", file=sys.stderr)
         return EXIT_UNREACHABLE
     status = str(info.status)
+    code = exit_code(status, getattr(info, "driver_exit_code", None))
     # Ray's failure message goes on with the last logs; its first line is the reason.
     reason = (info.message or "").strip().splitlines()[:1]
     print("\t".join([job_id, status, *reason]))
-    return STATUS_EXIT.get(status, EXIT_NOT_FINISHED)
+    return code
 
 
 def add_commands(subparsers: Any) -> None:
     """Register `embedjob submit` on the CLI's subparsers."""
     p = subparsers.add_parser(
         "submit",
-        help="submit a job file to a Ray cluster (Ray Jobs API) and follow it",
-        description="Upload the job file and the embedder/jobs packages, run `embedjob run` on the cluster, "
-        "stream its logs and exit with its outcome (0 succeeded, 1 failed, 3 stopped, 5 unreachable).",
+        help="submit a job to a Ray cluster (Ray Jobs API) and follow it",
+        description="Validate the job (the job file with `embedjob run`'s flags applied), upload it\n"
+        "and the embedder/jobs packages, run `embedjob run` on the cluster, stream its logs\n"
+        "and exit with its outcome. docs/job-spec.md lists every field of the job file.",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("job_file", metavar="JOB.yaml", help="the job file (model/input/output/compute/policy)")
+    add_job_flags(p)
     p.add_argument(
         "--address",
         default=None,
@@ -322,11 +358,8 @@ def add_commands(subparsers: Any) -> None:
         "--entrypoint-num-cpus",
         type=float,
         default=None,
+        metavar="N",
         help="CPUs to reserve for the driver (default: none, so it may run on a busy head)",
     )
-    for name in RUN_OVERRIDES:
-        p.add_argument(
-            f"--{name}", default=None, metavar="URI", help=f"override the job file's {name} for this run"
-        )
     p.add_argument("--overwrite", action="store_true", help="pass --overwrite to `embedjob run`")
     p.set_defaults(func=submit)

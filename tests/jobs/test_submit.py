@@ -108,11 +108,12 @@ def test_relative_paths_are_refused(tmp_path: Path) -> None:
     job.write_text(
         yaml.safe_dump({"model": "org/model", "input": {"uri": "s3://b/in"}, "output": {"uri": "out/x"}})
     )
-    with pytest.raises(submit.SubmitError, match="output.uri 'out/x' is a relative path"):
-        submit.check_locations(str(job), {})
-    submit.check_locations(str(job), {"output": "/shared/out"})  # the flag wins over the file's value
-    with pytest.raises(submit.SubmitError, match="--previous 'prev' is a relative path"):
-        submit.check_locations(str(job), {"output": "gs://b/out", "previous": "prev"})
+    data = yaml.safe_load(job.read_text())
+    with pytest.raises(submit.SubmitError, match="output.uri: 'out/x' is a relative path"):
+        submit.check_locations(data)
+    submit.check_locations({**data, "output": {"uri": "/shared/out"}})
+    with pytest.raises(submit.SubmitError, match="previous: 'prev' is a relative path"):
+        submit.check_locations({**data, "output": {"uri": "gs://b/out"}, "previous": "prev"})
 
 
 def test_submission_id_is_readable_and_unique() -> None:
@@ -139,7 +140,7 @@ def test_cli_parses_submit_flags() -> None:
         ]
     )
     assert args.func is submit.submit
-    assert (args.job_file, args.address, args.env, args.no_wait) == (
+    assert (args.job, args.address, args.env, args.no_wait) == (
         "job.yaml",
         "http://h:8265",
         ["A", "B"],
@@ -151,8 +152,16 @@ def test_cli_parses_submit_flags() -> None:
 class FakeClient:
     """Stands in for JobSubmissionClient: a log stream (or a broken one) and a status sequence."""
 
-    def __init__(self, chunks: list[str], statuses: list[str], message: str = "", broken: bool = False):
+    def __init__(
+        self,
+        chunks: list[str],
+        statuses: list[str],
+        message: str = "",
+        broken: bool = False,
+        driver_exit_code: int | None = None,
+    ):
         self.chunks, self.statuses, self.message, self.broken = chunks, statuses, message, broken
+        self.driver_exit_code = driver_exit_code
 
     async def tail_job_logs(self, job_id: str):
         for chunk in self.chunks:
@@ -164,7 +173,9 @@ class FakeClient:
         return self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
 
     def get_job_info(self, job_id: str) -> argparse.Namespace:
-        return argparse.Namespace(status=self.statuses[-1], message=self.message)
+        return argparse.Namespace(
+            status=self.statuses[-1], message=self.message, driver_exit_code=self.driver_exit_code
+        )
 
 
 def test_follow_streams_logs_and_returns_the_outcome(capsys: pytest.CaptureFixture[str]) -> None:
@@ -185,8 +196,33 @@ def test_follow_streams_logs_and_returns_the_outcome(capsys: pytest.CaptureFixtu
 def test_follow_survives_a_broken_log_stream(monkeypatch, capsys: pytest.CaptureFixture[str]) -> None:
     client = FakeClient(["partial\n"], ["RUNNING", "RUNNING", "STOPPED"], broken=True)
     monkeypatch.setattr(submit.time, "sleep", lambda s: None)
-    assert submit.follow(client, "j3") == 3
+    assert submit.follow(client, "j3") == 1
     assert "log stream for j3 broke" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("status", "driver_exit", "code"),
+    [
+        ("SUCCEEDED", 0, 0),
+        ("FAILED", 1, 1),
+        ("FAILED", 2, 2),  # the spec was invalid on the cluster (e.g. a python-package: model not there)
+        ("FAILED", 3, 3),  # `embedjob run` finished with quarantined rows: the same 3 as a local run
+        ("FAILED", None, 1),  # Ray could not start the entrypoint
+        ("FAILED", 137, 1),
+        ("STOPPED", None, 1),  # once 3, which now means quarantined rows only
+        ("RUNNING", None, 4),
+        ("PENDING", None, 4),
+    ],
+)
+def test_submit_exit_codes_mean_what_runs_do(status: str, driver_exit: int | None, code: int) -> None:
+    assert submit.exit_code(status, driver_exit) == code
+
+
+def test_follow_passes_on_a_quarantine_exit(capsys: pytest.CaptureFixture[str]) -> None:
+    message = "Job entrypoint command failed with exit code 3, last available logs:\n..."
+    client = FakeClient([], ["FAILED"], message=message, driver_exit_code=3)
+    assert submit.follow(client, "j4") == 3
+    assert "exit 3: finished with quarantined rows" in capsys.readouterr().err
 
 
 def test_status_of_unreachable_cluster_is_exit_5(capsys: pytest.CaptureFixture[str]) -> None:
