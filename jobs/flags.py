@@ -27,7 +27,7 @@ exit status (run, plan, submit and status alike):
   {EXIT_FAILED}    failed: the message names the shard and the object (submit: the job
        FAILED or was STOPPED); a rerun into the same output resumes
   {EXIT_USAGE}    bad usage or an invalid job spec: the message names the field
-  {EXIT_QUARANTINED}    finished with quarantined rows (see OUTPUT/_errors/)
+  {EXIT_QUARANTINED}    finished with quarantined rows (see OUTPUT/.embedjob/_errors/)
   {EXIT_NOT_FINISHED}    status --job-id: the job is still PENDING or RUNNING
   {EXIT_UNREACHABLE}    submit, status --job-id: the cluster was unreachable, refused the
        token, or does not know the job

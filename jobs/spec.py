@@ -176,7 +176,7 @@ class PolicySpec(_Section):
     on_bad_row: BadRowPolicy = Field(
         "fail",
         description="a bad row (null text, invalid UTF-8, null or repeated id) fails the job, or goes to "
-        "OUTPUT/_errors/",
+        "OUTPUT/.embedjob/_errors/",
     )
     retries: int = Field(
         5, ge=1, description="tries of each storage call, with backoff, before the job fails"
