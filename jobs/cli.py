@@ -77,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     run.add_argument("--log-file", help="write the JSON log lines here instead of stderr (default: stderr)")
     run.add_argument(
-        "--no-progress", action="store_true", help="no progress bar (default: one on a terminal)"
+        "--no-progress",
+        action="store_true",
+        help="no progress bar: one JSON line per event on stderr instead",
     )
     plan = sub.add_parser(
         "plan",
@@ -138,7 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         spec,
         overwrite=args.overwrite,
         address=args.address,
-        progress=not args.no_progress,
+        progress="json" if args.no_progress else True,
         log_file=args.log_file,
     )
     print_summary(summary)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.fingerprint import digest
+from jobs.fingerprint import VECTOR_FIELDS, digest
 from jobs.redact import redact
 from jobs.retry import RetryPolicy
 from jobs.write import create_atomic, open_output_fs, retried, write_atomic
@@ -327,11 +327,33 @@ def check_compatible(existing: dict[str, Any], job: dict[str, Any], uri: str) ->
     }
     for key in COMPATIBILITY_KEYS:
         if existing.get(key) != job.get(key):
+            fields = differing_fields(existing.get("spec") or {}, job.get("spec") or {})
+            if key == "settings_fingerprint":
+                fields = [f for f in fields if f[0] in VECTOR_FIELDS]
+            elif key == "spec_fingerprint":
+                fields = [f for f in fields if f[0] not in VECTOR_FIELDS and not f[0].startswith("compute.")]
+            if key != "plan_fingerprint" and fields:
+                shown = "; ".join(f"{f}: {a!r} then, {b!r} now" for f, a, b in fields[:5])
+            else:
+                shown = f"{key}: existing {existing.get(key)!r}, this run {job.get(key)!r}"
             raise OutputConflict(
-                f"output.uri: {uri} already holds a job made with different {what[key]} "
-                f"({key}: existing {existing.get(key)!r}, this run {job.get(key)!r}); "
+                f"output.uri: {uri} already holds a job made with different {what[key]} ({shown}); "
                 "use another output, or --overwrite to delete it and start again"
             )
+
+
+def differing_fields(
+    old: dict[str, Any], new: dict[str, Any], prefix: str = ""
+) -> list[tuple[str, Any, Any]]:
+    """(dotted field, old value, new value) of every spec field that differs between two spec dicts."""
+    out: list[tuple[str, Any, Any]] = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and key != "model_kwargs":
+            out += differing_fields(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append((f"{prefix}{key}", a, b))
+    return out
 
 
 def spec_fingerprint(spec: JobSpec) -> str:

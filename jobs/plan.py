@@ -12,7 +12,7 @@ from jobs.fingerprint import shard_id
 from jobs.read import dataset_kind, open_dataset, open_input_fs, open_parquet, read_columns
 from jobs.retry import RetryPolicy, call_with_retries
 from jobs.shards import Plan, Shard
-from jobs.spec import InputSpec, JobSpec
+from jobs.spec import InputSpec, JobSpec, as_spec
 
 # Input files whose size, etag and footer are read at once: planning 10,000 files on S3 is latency-bound.
 FOOTER_READERS = 32
@@ -24,8 +24,11 @@ class PlanError(ValueError):
     """The input cannot be planned: missing files or columns, unreadable Parquet; names the file."""
 
 
-def plan_job(spec: JobSpec) -> Plan:
-    """List the job's input, validate every file's schema, and cut it into shards of <= output.rows_per_file rows."""
+def plan_job(spec: JobSpec | dict[str, Any] | str) -> Plan:
+    """List the job's input, validate every file's schema, and cut it into shards of <= output.rows_per_file rows.
+
+    `spec`: a JobSpec, a mapping, or a YAML path, as run_job takes."""
+    spec = as_spec(spec)
     policy = RetryPolicy(attempts=spec.policy.retries)
     bound = spec.output.rows_per_file
     if dataset_kind(spec.input) == "parquet":

@@ -18,9 +18,21 @@ from jobs.worker import LOADING_FIELDS
 ACTOR_RESTARTS = 3
 
 
+class _DropTokenAuthNotice(logging.Filter):
+    """Ray's notice that a local cluster it starts has token auth on (as it should): noise in every run's output.
+    Its warning that auth is *off* still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
+
+
 def connect_ray(address: str | None) -> bool:
     """Join RAY_ADDRESS / --address, or start a local Ray sized to this machine; True if this call started it."""
     import ray
+
+    auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _DropTokenAuthNotice) for f in auth_log.filters):
+        auth_log.addFilter(_DropTokenAuthNotice())
 
     if ray.is_initialized():
         return False

@@ -23,13 +23,23 @@ def _total(table: pa.Table, column: str) -> int:
 class Progress:
     """Counts committed shards; draws the bar and writes one JSON line per event (to a file, or stderr)."""
 
-    def __init__(self, total_rows: int, total_shards: int, *, bar: bool = True, log_file: str | None = None):
+    def __init__(
+        self,
+        total_rows: int,
+        total_shards: int,
+        *,
+        bar: bool = True,
+        events: bool = True,
+        log_file: str | None = None,
+    ):
+        """bar: draw a progress bar; events: write JSON event lines (to `log_file`, else stderr)."""
         self.started = time.perf_counter()
         self.total_rows, self.total_shards = total_rows, total_shards
         self.shards = self.rows = self.tokens = 0
         self.counts = {"embedded": 0, "reused": 0, "quarantined": 0, "skipped_shards": 0}
         self._log: IO[str] = open(log_file, "a", encoding="utf-8") if log_file else sys.stderr  # noqa: SIM115
         self._own_log = log_file is not None
+        self._events = events or self._own_log
         self._bar = None
         if bar:
             from tqdm import tqdm
@@ -39,6 +49,8 @@ class Progress:
 
     def event(self, event: str, **fields: Any) -> None:
         """Write one JSON log line: {"event": ..., "ts": ..., **fields} (secrets masked)."""
+        if not self._events:
+            return
         line = json.dumps(
             redact({"event": event, "ts": round(time.time(), 3), **fields}), default=str, sort_keys=False
         )
@@ -124,9 +136,16 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines += [
         f"  rows: {summary['rows']:,} in = {summary.get('rows_written', 0):,} written"
         f" + {total['quarantined']:,} quarantined",
-        f"  {summary['seconds']:.1f} s, {summary['rows_per_s'] or 0:,.1f} rows/s, "
+        f"  embedding {summary['seconds']:.1f} s, {summary['rows_per_s'] or 0:,.1f} rows/s, "
         f"{summary['tokens_per_s'] or 0:,.0f} tokens/s",
     ]
+    if summary.get("already_complete"):
+        lines[1:] = ["  already complete: nothing to do (no model loaded)"]
+    if t := summary.get("timings"):
+        names = {"plan": "plan", "ray_start": "Ray start", "model_load": "model load", "key_pass": "key pass",
+                 "embed": "embed", "finish": "finish"}  # fmt: skip
+        parts = ", ".join(f"{names[k]} {v:.1f}" for k, v in t.items() if k in names)
+        lines.append(f"  wall {t['wall']:.1f} s: {parts}")
     return "\n".join(lines)
 
 

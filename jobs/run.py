@@ -3,38 +3,32 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from jobs.dispatch import JobError, dispatch
-from jobs.fingerprint import digest
+from jobs.fingerprint import VECTOR_FIELDS, digest, weights_fingerprint
 from jobs.index import PreviousOutput
 from jobs.keypass import KeyPassResult, run_key_pass
 from jobs.lease import Lease
 from jobs.manifest import (
     SUCCESS_FILE,
     OutputConflict,
+    differing_fields,
     job_metadata,
+    spec_fingerprint,
 )
 from jobs.paths import check_local_paths, check_separate
 from jobs.plan import plan_job
 from jobs.pool import connect_ray, first_info, get_pool, release_pool
 from jobs.progress import Progress, format_summary
-from jobs.redact import register_secrets_in
+from jobs.redact import redact, register_secrets_in
 from jobs.retry import RetryPolicy
 from jobs.rows import default_max_chars
 from jobs.shards import Plan
 from jobs.sinks import Sink, open_sink
 from jobs.sinks.lance_table import LiveTable
-from jobs.spec import JobSpec, SpecError
-
-
-def as_spec(spec: JobSpec | dict[str, Any] | str) -> JobSpec:
-    """A JobSpec from a JobSpec, a mapping, or a YAML path."""
-    if isinstance(spec, JobSpec):
-        return spec
-    if isinstance(spec, dict):
-        return JobSpec.from_dict(spec)
-    return JobSpec.load(spec)
+from jobs.spec import JobSpec, SpecError, as_spec, resolve_model_name
 
 
 def absolutize(spec: JobSpec) -> JobSpec:
@@ -60,6 +54,49 @@ def _key_pass_fingerprint(spec: JobSpec, plan: Any, settings: str | None = None)
     if not spec.previous_uri:
         return digest(plan.fingerprint, spec.policy.on_bad_row)
     return digest(plan.fingerprint, settings, spec.previous_uri, spec.policy.on_bad_row)
+
+
+class Stages:
+    """Wall time per stage of a run (plan, Ray start, model load, key pass, embed, finish)."""
+
+    def __init__(self) -> None:
+        self.started = self.last = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def mark(self, stage: str) -> None:
+        """The time since the last mark belongs to `stage`."""
+        now = time.perf_counter()
+        self.seconds[stage] = round(self.seconds.get(stage, 0.0) + now - self.last, 2)
+        self.last = now
+
+    def as_dict(self) -> dict[str, float]:
+        return {**self.seconds, "wall": round(time.perf_counter() - self.started, 2)}
+
+
+def _already_complete(
+    spec: JobSpec, plan: Plan, sink: Sink, existing: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The summary of an output this very job already completed, without starting Ray or loading the model:
+    same plan, spec and local model folder (weights hashed), same settings, and _SUCCESS written."""
+    done = sink.store.read_json(SUCCESS_FILE)
+    path = resolve_model_name(spec.model.name)
+    if done is None or not os.path.isdir(path):
+        return None  # a hub model: resolving its weights is the model load this shortcut avoids
+    if (existing.get("plan_fingerprint"), existing.get("spec_fingerprint")) != (
+        plan.fingerprint,
+        spec_fingerprint(spec),
+    ):
+        return None
+    d = spec.to_dict()
+    stored = existing.get("spec") or {}
+    if d["model"].get("int8_ranges") is None:  # calibrated by the run that made the output
+        d["model"]["int8_ranges"] = (stored.get("model") or {}).get("int8_ranges")
+    if any(f in VECTOR_FIELDS for f, _, _ in differing_fields(stored, redact(d))):
+        return None
+    if weights_fingerprint(path) != existing.get("weights_fingerprint"):
+        return None
+    zero = {"embedded": 0, "reused": 0, "quarantined": 0, "tokens": 0, "deleted": 0, "seconds": 0.0}
+    return {**done, **zero, "skipped_shards": len(plan.shards), "already_complete": True, "rows_per_s": None}
 
 
 def _previous(spec: JobSpec, sink: Sink, policy: RetryPolicy) -> PreviousOutput | LiveTable | None:
@@ -112,16 +149,19 @@ def run_job(
     *,
     overwrite: bool = False,
     address: str | None = None,
-    progress: bool = True,
+    progress: bool | str = True,
     log_file: str | None = None,
     keep_warm: bool = False,
 ) -> dict[str, Any]:
     """Run a job end to end (resuming into an existing output of the same job) and return its summary.
 
+    progress: True draws a progress bar (and writes JSON event lines to `log_file` if given); "json" writes the
+    event lines to stderr (or `log_file`) with no bar; False stays quiet (but for `log_file`).
     keep_warm: leave the model replicas running for the next run_job of this process with the same model
     (notebooks, tests); the default frees them when the job ends.
     """
 
+    stages = Stages()
     spec = absolutize(as_spec(spec))
     register_secrets_in(spec.to_dict())
     check_local_paths(spec.model.name, spec.output.uri)
@@ -139,10 +179,17 @@ def run_job(
     plan = plan_job(spec)  # reads the input only: a bad input fails here, before the output is touched
     if existing is not None and not sink.resumes(existing, plan):
         existing = None  # a new run over the output: a live table's update from another input
+    stages.mark("plan")
+    if existing is not None and not overwrite:
+        done = _already_complete(spec, plan, sink, existing)
+        if done is not None:
+            return {**done, "timings": stages.as_dict()}
     lease = Lease(sink.store)
     lease.acquire()  # one runner per output: a second one is refused while this one's heartbeat is fresh
     try:
-        return _run(spec, plan, sink, existing, lease, overwrite, address, progress, log_file, keep_warm)
+        return _run(
+            spec, plan, sink, existing, lease, overwrite, address, progress, log_file, keep_warm, stages
+        )
     finally:
         lease.release()
 
@@ -155,9 +202,10 @@ def _run(
     lease: Lease,
     overwrite: bool,
     address: str | None,
-    progress: bool,
+    progress: bool | str,
     log_file: str | None,
     keep_warm: bool,
+    stages: Stages,
 ) -> dict[str, Any]:
     """run_job once the output is held: plan, replicas, key pass, dispatch, completion."""
     import ray
@@ -165,6 +213,7 @@ def _run(
     policy = sink.store.policy
     previous = _previous(spec, sink, policy)
     started_ray = connect_ray(address)
+    stages.mark("ray_start")
     pool = None
     bar = None
     try:
@@ -184,6 +233,7 @@ def _run(
         job = job_metadata(spec, plan, info)
         if calibration is not None:
             job["model"]["int8_calibration"] = calibration
+        stages.mark("model_load")
         sink.prepare(existing, job, overwrite)
         if overwrite:
             existing, committed, todo = None, set(), list(plan.shards)
@@ -198,7 +248,10 @@ def _run(
             keys = run_key_pass(spec, plan, sink.store, previous, reuse, max_chars, fp)
         keys = keys or KeyPassResult()
         sink.on_write_start(existing, job, plan)
-        bar = Progress(plan.rows, len(plan.shards), bar=progress, log_file=log_file)
+        stages.mark("key_pass")
+        bar = Progress(
+            plan.rows, len(plan.shards), bar=progress is True, events=progress is not False, log_file=log_file
+        )
         bar.event(
             "job_started",
             output=spec.output.uri,
@@ -220,10 +273,13 @@ def _run(
         except BaseException as e:
             bar.event("job_failed", **sink.on_write_failed(e))
             raise
+        stages.mark("embed")
         release_pool(pool, spec, keep_warm and not started_ray)
         pool = None
         done_rows = plan.rows - sum(s.rows for s in plan.shards if s.shard_id in committed)
         summary = sink.on_write_complete(plan, {**bar.summary(done_rows), "deleted": keys.deleted or 0})
+        stages.mark("finish")
+        summary["timings"] = stages.as_dict()
         bar.event("job_done", **summary)
         return summary
     finally:

@@ -309,6 +309,15 @@ RESERVED_COLUMNS = ("id", "embedding", "text_hash")
 _SECTIONS = ("model", "input", "output", "compute", "policy")
 
 
+def as_spec(spec: JobSpec | dict[str, Any] | str) -> JobSpec:
+    """A JobSpec from a JobSpec, a mapping, or a YAML path."""
+    if isinstance(spec, JobSpec):
+        return spec
+    if isinstance(spec, dict):
+        return JobSpec.from_dict(spec)
+    return JobSpec.load(spec)
+
+
 def resolve_model_name(name: str) -> str:
     """Turn `python-package:NAME` into the folder that package's get_model_path() returns; else unchanged."""
     if not name.startswith(PACKAGE_PREFIX):

@@ -131,8 +131,9 @@ def test_refuses_other_job_unless_overwrite(tmp_path, tiny_st_model, jobio, jobk
     run_job(jobkit.job_spec(tiny_st_model, str(tmp_path / "in"), out), progress=False, keep_warm=True)
     again = run_job(jobkit.job_spec(tiny_st_model, str(tmp_path / "in"), out), progress=False, keep_warm=True)
     assert again["skipped_shards"] == again["shards"] and again["tokens"] == 0
+    assert again["already_complete"] is True and again["timings"]["wall"] < 5  # no Ray start, no model load
     changed = jobkit.job_spec(tiny_st_model, str(tmp_path / "in"), out, model={"normalize": True})
-    with pytest.raises(OutputConflict, match="embedding settings"):
+    with pytest.raises(OutputConflict, match="embedding settings .*model.normalize: False then, True now"):
         run_job(changed, progress=False, keep_warm=True)
     jobkit.write_files(str(tmp_path / "in"), texts + ["one more"], files=1, row_group_size=10)
     with pytest.raises(OutputConflict, match="input plan"):
@@ -202,3 +203,24 @@ def test_replicas_no_node_can_hold_fail_at_once(tmp_path, tiny_st_model, jobio, 
         JobError, match=rf"compute: a replica asks for .*{asked}.*no node has that \(node 0: 2 CPU, 0 GPU\)"
     ):
         run_job(spec, progress=False, keep_warm=True)
+
+
+def test_progress_false_is_quiet_and_the_summary_splits_wall_time(
+    tmp_path, tiny_st_model, jobio, jobkit, capfd
+):
+    """run_job(progress=False) prints nothing; the summary's timings add up to the wall time."""
+    from jobs.run import print_summary
+
+    jobkit.write_files(str(tmp_path / "in"), texts_for(jobio, 20, seed=9), files=1, row_group_size=10)
+    capfd.readouterr()
+    summary = run_job(
+        jobkit.job_spec(tiny_st_model, str(tmp_path / "in"), str(tmp_path / "out")),
+        progress=False,
+        keep_warm=True,
+    )
+    assert '"event"' not in capfd.readouterr().err
+    t = summary["timings"]
+    assert set(t) == {"plan", "ray_start", "model_load", "key_pass", "embed", "finish", "wall"}
+    assert abs(sum(v for k, v in t.items() if k != "wall") - t["wall"]) < 0.1
+    print_summary(summary)
+    assert "wall " in capfd.readouterr().out
