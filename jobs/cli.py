@@ -268,8 +268,11 @@ def format_status(p: dict) -> str:
         if p["complete"]
         else ("running" if p.get("running") else "stopped before the end (rerun to resume)")
     )
+    m = p.get("model") or {}
     lines = [
         f"{p['output']}: {state}",
+        f"  model {m.get('name')} ({m.get('dimension')} dims, {m.get('precision')}"
+        f"{', normalized' if m.get('normalize') else ''})",
         f"  shards {p['shards_committed']:,} of {p['shards_total']:,} committed; "
         f"rows {p['rows_committed']:,} of {p['rows_total']:,} ({p['percent']:.1f}%)",
     ]
@@ -277,7 +280,7 @@ def format_status(p: dict) -> str:
         eta = f", ETA {p['eta_s']:.0f} s at that rate" if p["eta_s"] else ""
         lines.append(f"  rate {p['rows_per_s']:,.1f} rows/s over the committed shards{eta}")
     if p["quarantined"]:
-        lines.append(f"  quarantined rows {p['quarantined']:,} (see _errors/)")
+        lines.append(f"  quarantined rows {p['quarantined']:,} (see .embedjob/_errors/)")
     return "\n".join(lines)
 
 

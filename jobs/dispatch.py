@@ -53,6 +53,8 @@ def dispatch(
     probes: dict[Any, _Slot] = {}
     depth = spec.compute.in_flight_per_replica
     spec_ref = ray.put(spec.to_dict())  # one copy in the object store, not one per task
+    asked: dict[Any, _Slot] = {}  # progress questions out, one per replica at most
+    partial: dict[str, int] = {}  # shard id -> rows done so far, of shards in flight
     while pending or in_flight:
         if lease is not None:
             lease.check()  # another run took the output over: stop before writing more
@@ -71,6 +73,7 @@ def dispatch(
                 }
                 in_flight[slot.actor.process.remote(task, spec_ref)] = (shard, slot)
                 slot.in_flight += 1
+        _ask_progress(pool, asked, partial, {s.shard_id for s, _ in in_flight.values()}, bar)
         waiting = list(in_flight) + list(probes)
         if not waiting:
             time.sleep(PROBE_INTERVAL_S)
@@ -119,4 +122,31 @@ def dispatch(
                     f"{type(cause).__name__}: {cause}"
                 ) from cause
             record = sink.on_shard_written(record)
+            partial.pop(shard.shard_id, None)
+            bar.partial(sum(partial.values()))
             bar.committed(record, attempts[shard.shard_id])
+
+
+def _ask_progress(
+    pool: ReplicaPool, asked: dict[Any, Any], partial: dict[str, int], running: set[str], bar: Progress
+) -> None:
+    """Collect the replicas' answers of how far their shards are (never waiting), ask again, and show it."""
+    import ray
+
+    if asked:
+        ready, _ = ray.wait(list(asked), num_returns=len(asked), timeout=0)
+        for ref in ready:
+            asked.pop(ref)
+            try:
+                shard_id, rows = ray.get(ref)
+            except Exception:  # noqa: BLE001 - a dead replica's answer: its shard goes back to the queue anyway
+                continue
+            if shard_id in running:
+                partial[shard_id] = rows
+    for gone in set(partial) - running:
+        partial.pop(gone)
+    waiting_on = {id(slot) for slot in asked.values()}
+    for slot in pool.slots:
+        if slot.in_flight and not slot.recovering and id(slot) not in waiting_on:
+            asked[slot.actor.progress.remote()] = slot
+    bar.partial(sum(partial.values()))

@@ -128,7 +128,8 @@ class ReplicaPool:
         self.options.update(max_restarts=ACTOR_RESTARTS, max_task_retries=0)
         if env:
             self.options["runtime_env"] = {"env_vars": env}
-        self.remote_cls = ray.remote(ShardWorker)
+        # `progress` answers on its own thread while a shard is embedded; shards still run one at a time.
+        self.remote_cls = ray.remote(concurrency_groups={"progress": 1})(ShardWorker)
         self.args = (spec.to_dict(), threads)
         self.slots = [_Slot(self._new()) for _ in range(self.replicas)]
 

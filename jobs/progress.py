@@ -10,7 +10,7 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.manifest import PLAN_FILE, SUCCESS_FILE, OutputStore
+from jobs.manifest import JOB_FILE, PLAN_FILE, SUCCESS_FILE, OutputStore
 from jobs.redact import redact
 from jobs.shards import plan_summary
 
@@ -39,6 +39,7 @@ class Progress:
         self.counts = {"embedded": 0, "reused": 0, "quarantined": 0, "skipped_shards": 0}
         self._log: IO[str] = open(log_file, "a", encoding="utf-8") if log_file else sys.stderr  # noqa: SIM115
         self._own_log = log_file is not None
+        self._partial = 0  # rows of shards still in work, as far as their replicas are
         self._events = events or self._own_log
         self._bar = None
         if bar:
@@ -67,9 +68,19 @@ class Progress:
         self.counts["skipped_shards"] += (
             records.num_rows
         )  # their rows count in the output's total, not this run's
+        self._draw()
+
+    def partial(self, rows: int) -> None:
+        """Rows done so far of the shards in work (moves the bar between commits)."""
+        if rows != self._partial:
+            self._partial = rows
+            self._draw()
+
+    def _draw(self) -> None:
         if self._bar is not None:
-            self._bar.update(rows_in)
-            self._bar.set_description(f"shards {self.shards}/{self.total_shards}")
+            self._bar.n = min(self.total_rows, self.rows + self._partial)
+            self._bar.set_description(f"shards {self.shards}/{self.total_shards}", refresh=False)
+            self._bar.refresh()
 
     def committed(self, record: dict[str, Any], attempt: int) -> None:
         """Count a shard this run committed, update the bar, and log it."""
@@ -80,9 +91,8 @@ class Progress:
             self.counts[key] += record.get(key, 0)
         elapsed = max(1e-9, time.perf_counter() - self.started)
         if self._bar is not None:
-            self._bar.update(record["rows_in"])
-            self._bar.set_description(f"shards {self.shards}/{self.total_shards}")
             self._bar.set_postfix_str(f"{self.tokens / elapsed:,.0f} tok/s", refresh=False)
+        self._draw()
         self.event(
             "shard_committed",
             shard_id=record["shard_id"],
@@ -172,10 +182,13 @@ def output_progress(store: OutputStore) -> dict[str, Any] | None:
     remaining = rows_total - rows_in
     from jobs.lease import is_live, read_lease
 
+    running = success is None and is_live(read_lease(store))
+    model = (store.read_json(JOB_FILE) or {}).get("model") or {}
     return {
         "output": store.uri,
+        "model": {k: model.get(k) for k in ("name", "dimension", "precision", "normalize")},
         "complete": success is not None,
-        "running": success is None and is_live(read_lease(store)),
+        "running": running,
         "shards_total": int(plan["shards"]),
         "shards_committed": records.num_rows,
         "rows_total": rows_total,
@@ -184,6 +197,6 @@ def output_progress(store: OutputStore) -> dict[str, Any] | None:
         "quarantined": _total(records, "quarantined"),
         "percent": 100.0 * rows_in / rows_total if rows_total else 100.0,
         "rows_per_s": rate,
-        "eta_s": remaining / rate if rate and remaining > 0 else None,
+        "eta_s": remaining / rate if rate and remaining > 0 and running else None,
         "success": success,
     }

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import ray
 
 from embedder.prefetch import prefetch
 from embedder.quantize import quantization_ranges, quantize_embeddings
@@ -62,6 +63,7 @@ class ShardWorker:
         if m.max_seq_length:
             self.model.max_seq_length = m.max_seq_length
         self._info: dict[str, dict[str, Any]] = {}
+        self._current: tuple[str, int] = ("", 0)  # (shard id, rows read so far) of the shard being embedded
         self._job_key = ""
         self._weights = ""
         self._use(spec)
@@ -103,6 +105,11 @@ class ShardWorker:
                 "describe": describe,
             }
         return self._info[key]
+
+    @ray.method(concurrency_group="progress")
+    def progress(self) -> tuple[str, int]:
+        """(shard id, rows done) of the shard in work; answered on its own thread while `process` runs."""
+        return self._current
 
     def ready(self) -> bool:
         """A cheap call the driver uses to learn that a (re)started replica is up."""
@@ -196,6 +203,7 @@ class ShardWorker:
         batch_rows = self.spec.compute.batch_size * BATCHES_PER_READ
         batches = iter_shard_batches(shard, self.spec.input, batch_rows, self.policy)
         id_type: pa.DataType | None = None
+        self._current = (shard.shard_id, 0)
         for batch_no, batch in enumerate(prefetch(batches, PREFETCH)):
             id_type = batch.schema.field(ID).type
             raw_ids = batch.column(ID).to_pylist()
@@ -252,6 +260,7 @@ class ShardWorker:
                 passthrough[col].append(batch.column(col).take(take).combine_chunks())
             hashes += batch_hashes
             filled += len(keep)
+            self._current = (shard.shard_id, self._current[1] + batch.num_rows)
         table = shard_table(
             pa.concat_arrays(ids) if ids else pa.array([], id_type or pa.string()),
             vectors[:filled],

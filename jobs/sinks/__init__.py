@@ -29,7 +29,7 @@ def metadata_store(
     output written before it existed kept them (the output folder itself, a Lance table's `_embedjob/`)."""
     root = uri.rstrip("/")
     store = OutputStore(f"{root}/{META_DIR}", storage_options, policy)
-    if store.fs.exists(store.root):
+    if store.exists(JOB_FILE) or store.exists(PLAN_FILE):
         return store
     for legacy in (f"{root}/_embedjob", root):
         old = OutputStore(legacy, storage_options, policy)

@@ -224,3 +224,30 @@ def test_progress_false_is_quiet_and_the_summary_splits_wall_time(
     assert abs(sum(v for k, v in t.items() if k != "wall") - t["wall"]) < 0.1
     print_summary(summary)
     assert "wall " in capfd.readouterr().out
+
+
+def test_progress_moves_within_a_shard(tmp_path, tiny_st_model, jobio, jobkit, monkeypatch):
+    """A one-shard job: the bar learns the rows done batch by batch, before the shard commits."""
+    import jobs.progress
+
+    jobkit.write_files(str(tmp_path / "in"), texts_for(jobio, 40, seed=10), files=1, row_group_size=40)
+    monkeypatch.setenv(
+        "EMBEDJOB_FAULTS", json.dumps([{"point": "worker.batch", "action": "sleep", "seconds": 0.6}])
+    )
+    monkeypatch.setenv("EMBEDJOB_FAULTS_STATE", str(tmp_path / "faults"))
+    seen: list[tuple[int, int]] = []  # (partial rows, committed rows) as the bar saw them
+    original = jobs.progress.Progress.partial
+
+    def spy(self, rows):
+        seen.append((rows, self.rows))
+        original(self, rows)
+
+    monkeypatch.setattr(jobs.progress.Progress, "partial", spy)
+    spec = jobkit.job_spec(
+        tiny_st_model, str(tmp_path / "in"), str(tmp_path / "out"),
+        output={"rows_per_file": 40}, compute={"batch_size": 1},
+    )  # fmt: skip
+    summary = run_job(spec, progress=False)
+    assert summary["shards"] == 1 and summary["rows_written"] == 40
+    during = sorted({rows for rows, committed in seen if committed == 0 and rows})
+    assert during and during[0] < 40, seen  # batches of 8 rows, reported while the shard is in work

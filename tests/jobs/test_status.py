@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import socket
 import time
 
 from jobs.cli import main
@@ -37,14 +39,23 @@ def test_progress_of_a_half_done_output(tmp_path, capsys):
     store.write_bytes(PLAN_FILE, table_bytes(_plan(4).to_table()))
     for i, t in ((0, 1000.0), (1, 1010.0)):
         store.write_json(store.record_name(f"s{i:08d}"), _record(i, t))
+    store.write_json("_job.json", {"model": {"name": "tiny-model", "dimension": 32, "precision": "float32"}})
     p = output_progress(store)
     assert (p["shards_committed"], p["shards_total"]) == (2, 4)
     assert (p["rows_committed"], p["rows_total"], p["rows_written"], p["quarantined"]) == (200, 400, 196, 4)
-    # 200 rows committed between t=990 (first shard's start) and t=1010: 10 rows/s, 200 rows left.
-    assert p["rows_per_s"] == 10.0 and p["eta_s"] == 20.0 and not p["complete"]
+    # 200 rows committed between t=990 (first shard's start) and t=1010: 10 rows/s; no run holds it: no ETA.
+    assert p["rows_per_s"] == 10.0 and p["eta_s"] is None and not p["complete"] and not p["running"]
     assert main(["status", str(tmp_path)]) == 0
     text = capsys.readouterr().out
-    assert "shards 2 of 4 committed" in text and "rate 10.0 rows/s" in text and "ETA 20 s" in text
+    assert "stopped before the end" in text and "model tiny-model (32 dims, float32)" in text
+    assert "shards 2 of 4 committed" in text and "rate 10.0 rows/s" in text and "ETA" not in text
+    # A run holds it (a fresh heartbeat from this process): running, 200 rows left at 10 rows/s.
+    lease = {"owner": "x", "host": socket.gethostname(), "pid": os.getpid(), "heartbeat_at": time.time()}
+    store.write_json("_lease.json", lease)
+    assert output_progress(store)["eta_s"] == 20.0
+    assert main(["status", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert ": running" in text and "ETA 20 s" in text
 
 
 def test_folded_manifest_and_json_tail_read_as_one(tmp_path):
@@ -110,7 +121,7 @@ def test_status_resume_and_check_over_30000_shards_stay_fast(tmp_path, monkeypat
     )
     # Three passes over the manifest (status, resume set, check): the tail's JSON files and 30 segments
     # each time, plus _SUCCESS, the lease and the plan, never one read per shard.
-    assert reads["json"] == 3 * 200 + 2 and reads["parquet"] == 3 * 30 + 1  # + _SUCCESS and the lease
+    assert reads["json"] == 3 * 200 + 3 and reads["parquet"] == 3 * 30 + 1  # + _SUCCESS, the lease, _job.json
 
 
 def test_status_of_a_folder_that_is_no_output(tmp_path, capsys):
