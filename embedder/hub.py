@@ -66,7 +66,18 @@ def resolve_model_path(
         )
     except LocalEntryNotFoundError as e:
         where = cache_folder or "the default Hugging Face cache"
+        from huggingface_hub import constants
+
+        offline = bool(constants.HF_HUB_OFFLINE)
+        if local_files_only or offline:
+            why = (
+                "and offline mode is on ("
+                + ("local_files_only" if local_files_only else "HF_HUB_OFFLINE")
+                + ")"
+            )
+        else:
+            why = "and the hub could not be reached (no network, or a proxy in the way)"
         raise FileNotFoundError(
-            f"{name_or_path} (revision {revision or 'main'}): not a local folder and not in {where} "
-            f"while offline (local_files_only or HF_HUB_OFFLINE); {e}"
+            f"{name_or_path} (revision {revision or 'main'}): not a local folder, not in {where}, {why}; "
+            "give a local model folder, or download it once where the hub is reachable"
         ) from e

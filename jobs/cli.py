@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import Any
 
 from jobs.flags import (
@@ -19,7 +18,7 @@ from jobs.flags import (
     load_spec,
 )
 from jobs.redact import register_secrets_in
-from jobs.spec import JobSpec, SpecError
+from jobs.spec import SpecError
 
 SHOWN_SHARDS = 50
 
@@ -91,7 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_job_flags(plan)
     plan.add_argument(
-        "--calibrate", action="store_true", help="time the model on a sample to estimate the run time"
+        "--calibrate",
+        action="store_true",
+        help="time the model, loaded as a replica would, on a sample of the input",
+    )
+    plan.add_argument(
+        "--check",
+        action="store_true",
+        help="also run the job's repeated-id pass (a local Ray) and load the model (implies --calibrate)",
     )
     plan.add_argument("--json", action="store_true", help="print the whole plan as JSON")
     plan.add_argument(
@@ -149,14 +155,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from jobs.plan import describe_plan, plan_job, sample_texts
+    from jobs.estimate import calibrate, check_ids
+    from jobs.plan import describe_plan, plan_job
 
     spec = load_spec(args)
     plan = plan_job(spec)
-    rate = None
-    if args.calibrate:
-        rate = _calibrate(spec, sample_texts(spec, plan, limit=256))
-    info = describe_plan(spec, plan, rate)
+    info = describe_plan(spec, plan)
+    if args.check:
+        info["check"] = check_ids(spec, plan)
+    if args.calibrate or args.check:
+        info["calibration"] = calibrate(spec, plan)
     if args.json:
         print(json.dumps({**info, "shards": [s.to_dict() for s in plan.shards]}, indent=2))
         return 0
@@ -165,39 +173,30 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"{s.index:5d}  {s.shard_id}  {s.source}  rows {s.start}-{s.stop} ({s.rows})")
     if len(shown) < len(plan.shards):
         print(f"  ... {len(plan.shards) - len(shown)} more shards (--all lists them)")
-    print(
-        f"{info['shards']} shards, {info['rows']:,} rows in {info['files']} file(s); "
-        f"~{info['est_tokens']:,} tokens (avg {info['avg_chars']} chars/row, chars/4)"
-    )
-    if "est_seconds" not in info:
-        print("(--calibrate times the model on a sample of this input to estimate the run time)")
+    print(f"{info['shards']} shards, {info['rows']:,} rows in {info['files']} file(s)")
+    print("checked: every file opens, its schema has the text (and id, passthrough) columns")
+    if "check" in info:
+        c = info["check"]
+        ids = c["ids"] if isinstance(c["ids"], str) else f"{c['ids']:,} ids, {c['repeated_ids']:,} repeated"
+        print(f"checked: ids: {ids}; the model loads")
     else:
+        print("not checked: repeated ids, the model (--check runs both, as the job would)")
+    cal = info.get("calibration")
+    if cal is None:
         print(
-            f"estimated time on one replica: {info['est_seconds']:,.0f} s at {info['tokens_per_s']:,.0f} tokens/s "
-            f"(divide by the number of replicas)"
+            f"~{info['est_tokens']:,} tokens (a guess: {info['avg_chars']} chars/row / 4; --calibrate measures)"
         )
-    return 0
-
-
-def _calibrate(spec: JobSpec, texts: list[str]) -> float | None:
-    """Tokens/s of one in-process replica on a sample of the input."""
-    from embedder import EmbeddingModel
-    from jobs.spec import resolve_model_name
-
-    m = spec.model
-    model = EmbeddingModel(
-        resolve_model_name(m.name),
-        revision=m.revision,
-        trust_remote_code=m.trust_remote_code,
-        allow_pickle=m.allow_pickle,
-        model_kwargs=m.model_kwargs or None,
+        return 0
+    print(
+        f"model: {cal['dimension']} dims, {cal['tokens_per_row']} tokens/row on {cal['sample_rows']} sampled rows "
+        f"-> ~{cal['est_tokens']:,} tokens"
     )
-    model.encode(texts[:8], batch_size=spec.compute.batch_size)
-    before = model.stats["tokens"]
-    t0 = time.perf_counter()
-    model.encode(texts, batch_size=spec.compute.batch_size, max_batch_tokens=spec.compute.max_batch_tokens)
-    seconds = time.perf_counter() - t0
-    return (model.stats["tokens"] - before) / seconds if seconds > 0 else None
+    print(
+        f"one replica ({cal['threads_per_replica']} thread(s)): {cal['replica_rows_per_s']:,.1f} rows/s, "
+        f"{cal['replica_tokens_per_s']:,.0f} tokens/s; here {cal['replicas_here']} replica(s): "
+        f"~{cal['est_seconds_here']:,.0f} s (a cluster: divide by its replicas)"
+    )
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -305,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         print("embedjob: interrupted; rerun the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:
+        from jobs.estimate import ModelLoadError
         from jobs.keypass import KeyPassError
         from jobs.manifest import OutputConflict
         from jobs.plan import PlanError
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         from jobs.retry import StorageError
         from jobs.run import JobError
 
-        if isinstance(e, (PlanError, OutputConflict, JobError, StorageError, KeyPassError)):
+        if isinstance(e, (PlanError, OutputConflict, JobError, StorageError, KeyPassError, ModelLoadError)):
             print(f"embedjob: {type(e).__name__}: {redact_text(str(e))}", file=sys.stderr)
             return EXIT_FAILED
         raise

@@ -225,7 +225,8 @@ def sample_texts(spec: JobSpec, plan: Plan, limit: int = 1000) -> list[str]:
 
 
 def describe_plan(spec: JobSpec, plan: Plan, tokens_per_s: float | None = None) -> dict[str, Any]:
-    """A summary of the plan: shards, rows, an estimate of tokens (sample chars / 4) and, given a rate, time."""
+    """A summary of the plan: shards, rows, a rough guess of tokens (sample chars / 4) and, given a rate, time.
+    `embedjob plan --calibrate` measures tokens with the model's tokenizer instead (jobs.estimate)."""
     texts = sample_texts(spec, plan)
     avg_chars = sum(len(t) for t in texts) / max(1, len(texts))
     max_len = spec.model.max_seq_length

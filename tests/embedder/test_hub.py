@@ -99,6 +99,20 @@ def test_missing_model_or_revision(hub_cache) -> None:
         EmbeddingModel("org/tiny", revision="v9", cache_folder=hub_cache, local_files_only=True, device="cpu")
 
 
+def test_a_missing_model_says_why_it_could_not_be_fetched(hub_cache, monkeypatch) -> None:
+    """Offline mode is named only when it is on; otherwise the message says the hub was unreachable."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FileNotFoundError, match=r"offline mode is on \(HF_HUB_OFFLINE\)"):
+        resolve_model_path("org/absent", cache_folder=hub_cache)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens: unreachable at once
+    with pytest.raises(FileNotFoundError, match="the hub could not be reached") as info:
+        resolve_model_path("org/absent", cache_folder=hub_cache)
+    assert "offline" not in str(info.value)
+
+
 def test_not_a_folder_or_id(tmp_path) -> None:
     file = tmp_path / "model.txt"
     file.write_text("x")

@@ -208,3 +208,35 @@ def test_a_dictionary_encoded_text_column_is_accepted(tmp_path):
     column = pq.read_table(str(tmp_path / "d.parquet")).column("text")
     assert pa.types.is_dictionary(column.type)
     assert raw_text_values(column) == [b"a cat", b"a dog", b"a cat", None]
+
+
+def test_plan_check_finds_repeated_ids_and_loads_the_model_as_the_job_would(
+    tmp_path, tiny_st_model, ray_session, capsys
+):
+    """`plan --check`: the job's duplicate-id pass and model load, real token counts; failures are named."""
+    texts = [f"row number {i} about a cat" for i in range(30)]
+    ids = [f"d{i}" for i in range(30)]
+    ids[17] = "d3"  # a repeat
+    pq.write_table(pa.table({"id": ids, "text": texts}), str(tmp_path / "in.parquet"), row_group_size=10)
+    base = ["plan", "--model", tiny_st_model, "--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "o"),
+            "--id-column", "id", "--rows-per-file", "10"]  # fmt: skip
+    assert main([*base, "--check", "--on-bad-row", "quarantine", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["check"]["repeated_ids"] == 1 and info["check"]["ids"] == 30
+    from embedder import EmbeddingModel
+
+    model = EmbeddingModel(tiny_st_model)
+    want = sum(len(model.tokenize([t])["input_ids"][0]) for t in texts) / len(texts)
+    assert info["calibration"]["tokens_per_row"] == pytest.approx(want, abs=0.05)
+    assert info["calibration"]["dimension"] == model.get_embedding_dimension()
+
+    assert main([*base, "--check"]) == 1  # policy fail: the repeat is named, as the job would name it
+    err = capsys.readouterr().err
+    assert "'d3' at in.parquet row 17 (first at in.parquet row 3)" in err and "Traceback" not in err
+
+    assert main([*base[:2], str(tmp_path / "no-model"), *base[3:], "--calibrate"]) == 1
+    assert "model.name" in capsys.readouterr().err
+    (tmp_path / "not-a-model").mkdir()
+    assert main([*base[:2], str(tmp_path / "not-a-model"), *base[3:], "--calibrate"]) == 1
+    err = capsys.readouterr().err
+    assert "the model does not load" in err and "Traceback" not in err
