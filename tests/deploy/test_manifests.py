@@ -77,8 +77,21 @@ def _job_files() -> dict[str, str]:
     return _one("ConfigMap", "embedjob-jobs")["data"]
 
 
+NIGHTLY_TEMPLATE = KUBERAY / "nightly" / "rayjob.yaml"
+
+
 def _nightly_template() -> dict[str, Any]:
-    return yaml.safe_load(_one("ConfigMap", "embedjob-nightly-template")["data"]["rayjob.yaml"])
+    return yaml.safe_load(NIGHTLY_TEMPLATE.read_text())
+
+
+def test_the_nightly_template_is_one_file_the_configmap_is_generated_from() -> None:
+    """The CronJob's ConfigMap and `--template` by hand read the same file (no copy inside a manifest)."""
+    kustomization = yaml.safe_load((KUBERAY / "kustomization.yaml").read_text())
+    generated = {g["name"]: g for g in kustomization["configMapGenerator"]}
+    entry = generated["embedjob-nightly-template"]
+    assert entry["files"] == ["rayjob.yaml=nightly/rayjob.yaml"] and entry["options"]["disableNameSuffixHash"]
+    assert _nightly_template()["kind"] == "RayJob"
+    assert not _find("ConfigMap", "embedjob-nightly-template")  # generated, not written by hand
 
 
 def _rayjobs() -> list[tuple[str, dict[str, Any]]]:
@@ -248,7 +261,11 @@ def test_cronjob_runs_the_nightly_templater_and_may_create_rayjobs() -> None:
     volumes = {v["name"]: v["configMap"]["name"] for v in pod["volumes"]}
     mount, key = args.template.rsplit("/", 1)
     assert volumes[mounts[mount]] == "embedjob-nightly-template"
-    assert key in _one("ConfigMap", "embedjob-nightly-template")["data"]
+    kustomization = yaml.safe_load((KUBERAY / "kustomization.yaml").read_text())
+    generated = next(
+        g for g in kustomization["configMapGenerator"] if g["name"] == "embedjob-nightly-template"
+    )
+    assert any(f.split("=")[0] == key for f in generated["files"])
     assert rest == [">", "/tmp/rayjob.yaml", "&&", "kubectl", "create", "-f", "/tmp/rayjob.yaml"]
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
     # Its service account may create RayJobs.
