@@ -52,6 +52,7 @@ JOB_FLAGS: dict[str, str] = {
     "--rows-per-file": "output.rows_per_file",
     "--compression": "output.compression",
     "--vector-index": "output.vector_index",
+    "--id-index": "output.id_index",
     "--replicas": "compute.replicas",
     "--cpus-per-replica": "compute.cpus_per_replica",
     "--gpus-per-replica": "compute.gpus_per_replica",
