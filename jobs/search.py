@@ -24,9 +24,12 @@ class SearchError(ValueError):
 
 def embed_query(job: dict[str, Any], query: str) -> np.ndarray:
     """The query's vector, made as the job made its rows' vectors, with the model's query prompt if it has one."""
+    from transformers.utils import logging as hf_logging
+
     from embedder import EmbeddingModel
     from jobs.spec import resolve_model_name
 
+    hf_logging.disable_progress_bar()  # a one-line answer, not a weights-loading bar
     m = job["model"]
     spec_model = job.get("spec", {}).get("model", {})
     name = m["path"] if m.get("path") and os.path.isdir(m["path"]) else resolve_model_name(m["name"])
@@ -91,7 +94,7 @@ def search_lance(
     ds = lance.dataset(uri, storage_options=lance_storage_options(storage_options or {}) or None)
     metric = "cosine" if similarity == "cosine" else "dot"
     table = ds.to_table(
-        columns=["id"],
+        columns=["id", "_distance"],
         nearest={"column": "embedding", "q": q, "k": k, "metric": metric, "nprobes": 64, "refine_factor": 10},
     )
     # Lance's distances: cosine 1 - cos, dot 1 - dot; both back to a similarity.
