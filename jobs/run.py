@@ -95,6 +95,9 @@ def _already_complete(
         return None
     if weights_fingerprint(path) != existing.get("weights_fingerprint"):
         return None
+    committed = set(sink.records().column("shard_id").to_pylist())
+    if any(s.shard_id not in committed for s in plan.shards):
+        return None  # _SUCCESS, but a record is gone: the normal path redoes the shard
     zero = {"embedded": 0, "reused": 0, "quarantined": 0, "tokens": 0, "deleted": 0, "seconds": 0.0}
     return {**done, **zero, "skipped_shards": len(plan.shards), "already_complete": True, "rows_per_s": None}
 
