@@ -1,4 +1,4 @@
-"""List the input (fsspec / pyarrow / HF datasets) and cut it into shards of bounded rows with stable ids."""
+"""List the input (fsspec files / HF datasets) and cut it into shards of bounded rows with stable ids."""
 
 from __future__ import annotations
 
@@ -9,19 +9,30 @@ from typing import Any
 import pyarrow as pa
 
 from jobs.fingerprint import shard_id
+from jobs.formats import (
+    FileScan,
+    FormatError,
+    encode_schema,
+    extensions_of,
+    merge_types,
+    path_format,
+    scan_file,
+)
 from jobs.read import dataset_kind, open_dataset, open_input_fs, open_parquet, read_columns
 from jobs.retry import RetryPolicy, call_with_retries
 from jobs.shards import Plan, Shard
-from jobs.spec import InputSpec, JobSpec, as_spec
+from jobs.spec import FILE_FORMATS, InputSpec, JobSpec, as_spec
 
 # Input files whose size, etag and footer are read at once: planning 10,000 files on S3 is latency-bound.
 FOOTER_READERS = 32
+# JSON and CSV files read at once: each holds one piece (<= rows_per_file rows) in memory while planning.
+TEXT_READERS = 8
 
 _GLOB_CHARS = "*?["
 
 
 class PlanError(ValueError):
-    """The input cannot be planned: missing files or columns, unreadable Parquet; names the file."""
+    """The input cannot be planned: missing files or columns, unreadable files or lines; names the file."""
 
 
 def plan_job(spec: JobSpec | dict[str, Any] | str) -> Plan:
@@ -31,14 +42,18 @@ def plan_job(spec: JobSpec | dict[str, Any] | str) -> Plan:
     spec = as_spec(spec)
     policy = RetryPolicy(attempts=spec.policy.retries)
     bound = spec.output.rows_per_file
-    if dataset_kind(spec.input) == "parquet":
-        return _plan_parquet(spec.input, bound, policy)
-    return _plan_dataset(spec.input, bound)
+    if dataset_kind(spec.input) != "files":
+        return _plan_dataset(spec.input, bound)
+    fs, base, paths, fmt = list_input_files(spec.input, policy)
+    if fmt == "parquet":
+        return _plan_parquet(spec.input, bound, policy, fs, base, paths)
+    return _plan_text(spec.input, bound, policy, fs, base, paths, fmt)
 
 
-def list_parquet_files(inp: InputSpec, policy: RetryPolicy) -> tuple[Any, str, list[str]]:
-    """(fs, base, paths): the Parquet files under a file, folder or glob, sorted; base is the common root."""
+def list_input_files(inp: InputSpec, policy: RetryPolicy) -> tuple[Any, str, list[str], str]:
+    """(fs, base, paths, format) of a file, a glob or a folder (its files whose names say input.format)."""
     fs, root = open_input_fs(inp)
+    wanted = inp.format if inp.format in FILE_FORMATS else None
     what = f"input.uri {inp.uri}: list"
     if any(c in root for c in _GLOB_CHARS):
         paths = call_with_retries(lambda: fs.glob(root), what=what, policy=policy)
@@ -48,7 +63,7 @@ def list_parquet_files(inp: InputSpec, policy: RetryPolicy) -> tuple[Any, str, l
     elif call_with_retries(lambda: fs.isdir(root), what=what, policy=policy):
         paths = call_with_retries(lambda: fs.find(root), what=what, policy=policy)
         base = root.rstrip("/")
-        paths = [p for p in paths if p.endswith((".parquet", ".pq", ".parq"))]
+        paths = [p for p in paths if path_format(p) in ((wanted,) if wanted else FILE_FORMATS)]
     else:
         if not call_with_retries(lambda: fs.exists(root), what=what, policy=policy):
             raise PlanError(f"input.uri: {inp.uri} does not exist")
@@ -58,8 +73,25 @@ def list_parquet_files(inp: InputSpec, policy: RetryPolicy) -> tuple[Any, str, l
         p for p in paths if not any(part.startswith(("_", ".")) for part in _rel(p, base).split("/"))
     )
     if not paths:
-        raise PlanError(f"input.uri: no Parquet files found at {inp.uri}")
-    return fs, base, paths
+        kinds = (
+            f"{wanted} ({', '.join(extensions_of(wanted))})" if wanted else "Parquet, JSON lines, JSON or CSV"
+        )
+        raise PlanError(f"input.uri: no {kinds} files found at {inp.uri}")
+    return fs, base, paths, wanted or _one_format(inp, paths)
+
+
+def _one_format(inp: InputSpec, paths: list[str]) -> str:
+    """The format the file names say, the same for all; Parquet where a name says none."""
+    first: dict[str, str] = {}
+    for path in paths:
+        first.setdefault(path_format(path) or "parquet", path)
+    if len(first) > 1:
+        (a, path_a), (b, path_b) = list(first.items())[:2]
+        raise PlanError(
+            f"input.uri: {inp.uri} holds files of different formats: {path_a} ({a}) and {path_b} ({b}); "
+            f"set input.format to the one to read ({', '.join(FILE_FORMATS)})"
+        )
+    return next(iter(first))
 
 
 def _rel(path: str, base: str) -> str:
@@ -78,12 +110,14 @@ def _file_facts(
     except (pa.ArrowException, OSError) as e:
         if isinstance(e, FileNotFoundError):
             raise PlanError(f"input {path}: disappeared while planning") from e
-        raise PlanError(f"input {path}: not a readable Parquet file ({type(e).__name__}: {e})") from e
+        hint = "" if path_format(path) else "; if it is not Parquet, set input.format"
+        raise PlanError(f"input {path}: not a readable Parquet file ({type(e).__name__}: {e}){hint}") from e
     return info, groups, _check_columns(inp, file_schema, path)
 
 
-def _plan_parquet(inp: InputSpec, bound: int, policy: RetryPolicy) -> Plan:
-    fs, base, paths = list_parquet_files(inp, policy)
+def _plan_parquet(
+    inp: InputSpec, bound: int, policy: RetryPolicy, fs: Any, base: str, paths: list[str]
+) -> Plan:
     shards: list[Shard] = []
     schema: dict[str, str] = {}
     first_file = ""
@@ -91,9 +125,7 @@ def _plan_parquet(inp: InputSpec, bound: int, policy: RetryPolicy) -> Plan:
         # map() yields in path order, so shard indexes and the first-file schema are deterministic.
         facts = pool.map(lambda p: _file_facts(fs, p, inp, policy), paths)
         for path, (info, groups, cols) in zip(paths, facts, strict=True):
-            # Object stores give an ETag; local and other filesystems give a modification time. Either way a
-            # file rewritten at the same size gets new shard ids, so a resume refuses it instead of mixing.
-            etag = info.get("ETag") or info.get("etag") or _mtime(info)
+            etag = _version(info)
             rel = _rel(path, base)
             if not schema:
                 schema, first_file = cols, path
@@ -110,6 +142,61 @@ def _plan_parquet(inp: InputSpec, bound: int, policy: RetryPolicy) -> Plan:
                 sid = shard_id(rel, info.get("size"), etag, start, stop)
                 shards.append(Shard(len(shards), sid, "parquet", rel, path, start, stop, gs, starts))
     return Plan("parquet", shards, schema, files=len(paths))
+
+
+def _plan_text(
+    inp: InputSpec, bound: int, policy: RetryPolicy, fs: Any, base: str, paths: list[str], fmt: str
+) -> Plan:
+    columns = list(dict.fromkeys(c for c, _ in read_columns(inp)))
+    types: dict[str, tuple[pa.DataType, str]] = {}
+    files: list[tuple[str, dict, FileScan]] = []
+    with ThreadPoolExecutor(min(TEXT_READERS, len(paths))) as pool:
+        for path, (info, scan) in zip(
+            paths,
+            pool.map(lambda p: _text_facts(fs, p, fmt, inp, columns, bound, policy), paths),
+            strict=True,
+        ):
+            try:
+                for col, (t, where) in scan.types.items():
+                    merge_types(types, pa.schema([(col, t)]), [col], where)
+            except FormatError as e:
+                raise PlanError(str(e)) from e
+            files.append((path, info, scan))
+    # Every shard reads its columns as the same types, whatever its own rows would suggest (a piece of only
+    # nulls, or only whole numbers in a column of decimals): the output's parts share one schema.
+    read_schema = encode_schema(pa.schema([(c, types[c][0]) for c in columns if c in types]))
+    shards: list[Shard] = []
+    for path, info, scan in files:
+        rel = _rel(path, base)
+        for p in scan.pieces:
+            sid = shard_id(rel, info.get("size"), _version(info), p.start, p.stop)
+            extra = {"byte_start": p.byte_start, "byte_stop": p.byte_stop, "read_schema": read_schema}
+            shards.append(Shard(len(shards), sid, scan.kind, rel, path, p.start, p.stop, **extra))
+    return Plan(fmt, shards, {c: str(t) for c, (t, _) in types.items()}, files=len(paths))
+
+
+def _text_facts(
+    fs: Any, path: str, fmt: str, inp: InputSpec, columns: list[str], bound: int, policy: RetryPolicy
+) -> tuple[dict, FileScan]:
+    """(info, scan) of one JSON or CSV file: a stat, and every row read once."""
+    info = call_with_retries(lambda: fs.info(path), what=f"input {path}: stat", policy=policy)
+    try:
+        scan = call_with_retries(
+            lambda: scan_file(fs, path, fmt, columns, bound), what=f"input {path}: read", policy=policy
+        )
+    except FormatError as e:
+        raise PlanError(str(e)) from e
+    except FileNotFoundError as e:
+        raise PlanError(f"input {path}: disappeared while planning") from e
+    if scan.names:  # an empty file has no columns to check
+        _check_columns(inp, scan.schema, path)
+    return info, scan
+
+
+def _version(info: dict[str, Any]) -> str | None:
+    """What changes when a file is rewritten: the ETag of object stores, else the modification time."""
+    # Either way a file rewritten at the same size gets new shard ids: a resume refuses it, never mixes.
+    return info.get("ETag") or info.get("etag") or _mtime(info)
 
 
 def _mtime(info: dict[str, Any]) -> str | None:

@@ -1,4 +1,4 @@
-"""Read one shard's rows (text, id, passthrough columns) in batches, from Parquet or a Hugging Face dataset."""
+"""Read one shard's rows (text, id, passthrough) in batches: Parquet, JSON, CSV or a Hugging Face dataset."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 
 from jobs.faults import maybe_fail
 from jobs.fingerprint import digest
+from jobs.formats import Piece, decode_schema, read_piece
 from jobs.retry import RetryPolicy, call_with_retries
-from jobs.spec import InputSpec
+from jobs.spec import FILE_FORMATS, InputSpec
 
 if TYPE_CHECKING:
     from jobs.shards import Shard
@@ -49,7 +50,9 @@ def read_columns(inp: InputSpec) -> list[tuple[str, str]]:
 
 
 def dataset_kind(inp: InputSpec) -> str:
-    """'parquet', 'hf_disk', 'hf_hub' or 'hf_files': input.format, or detected from what input.uri holds."""
+    """'files' (Parquet, JSON, CSV), 'hf_disk', 'hf_hub' or 'hf_files': input.format or what the uri holds."""
+    if inp.format in FILE_FORMATS:
+        return "files"
     if inp.format != "auto":
         return inp.format
     if inp.dataset:
@@ -61,7 +64,7 @@ def dataset_kind(inp: InputSpec) -> str:
         fs.exists(posixpath.join(root, "state.json")) or fs.exists(posixpath.join(root, "dataset_dict.json"))
     ):
         return "hf_disk"
-    return "parquet"
+    return "files"
 
 
 def open_dataset(inp: InputSpec) -> Any:
@@ -114,11 +117,12 @@ def iter_shard_batches(
         cols = [inp.id_column] if inp.id_column else [inp.text_column]
     else:
         cols = list(dict.fromkeys(c for c, _ in read_columns(inp)))
-    pieces = (
-        _parquet_pieces(shard, inp, cols, policy)
-        if shard.kind == "parquet"
-        else _dataset_pieces(shard, inp, cols, batch_rows)
-    )
+    if shard.kind == "parquet":
+        pieces = _parquet_pieces(shard, inp, cols, policy)
+    elif shard.kind == "dataset":
+        pieces = _dataset_pieces(shard, inp, cols, batch_rows)
+    else:
+        pieces = _text_pieces(shard, inp, cols, policy)
     for table, first_row in pieces:
         for lo in range(0, table.num_rows, batch_rows):
             part = table.slice(lo, batch_rows)
@@ -144,6 +148,22 @@ def _parquet_pieces(
         hi = min(shard.stop, group_start + table.num_rows)
         if hi > lo:
             yield table.slice(lo - group_start, hi - lo), lo
+
+
+def _text_pieces(
+    shard: Shard, inp: InputSpec, cols: list[str], policy: RetryPolicy
+) -> Iterator[tuple[pa.Table, int]]:
+    fs, _ = open_input_fs(inp)
+    schema = decode_schema(shard.read_schema)
+    schema = pa.schema([schema.field(c) for c in cols])
+    piece = Piece(shard.start, shard.stop, shard.byte_start, shard.byte_stop)
+
+    def attempt() -> pa.Table:
+        maybe_fail("storage.read", key=shard.path)
+        return read_piece(fs, shard.kind, shard.path, piece, schema)
+
+    what = f"shard {shard.shard_id}: read {shard.path} rows {shard.start}-{shard.stop - 1}"
+    yield call_with_retries(attempt, what=what, policy=policy), shard.start
 
 
 def _dataset_pieces(

@@ -21,6 +21,9 @@ PLAN_SCHEMA = pa.schema(
         ("stop", pa.int64()),
         ("row_groups", pa.list_(pa.int32())),
         ("group_starts", pa.list_(pa.int64())),
+        ("byte_start", pa.int64()),
+        ("byte_stop", pa.int64()),
+        ("read_schema", pa.string()),
     ]
 )
 
@@ -31,13 +34,16 @@ class Shard:
 
     index: int
     shard_id: str
-    kind: str  # "parquet" | "dataset"
+    kind: str  # "parquet" | "jsonl" | "json" (one array) | "csv" | "dataset"
     source: str  # path relative to the input root (or the dataset split), used for ids and messages
-    path: str  # full path on the input filesystem (parquet) or "" (dataset)
+    path: str  # full path on the input filesystem, or "" (dataset)
     start: int  # first row (within the file or dataset)
     stop: int  # one past the last row
     row_groups: tuple[int, ...] = ()
     group_starts: tuple[int, ...] = ()  # first row of each of row_groups
+    byte_start: int = 0  # jsonl, csv: the rows' bytes in the (decompressed) file
+    byte_stop: int = 0
+    read_schema: str = ""  # jsonl, json, csv: the columns' types, the same for all (formats.encode_schema)
 
     @property
     def rows(self) -> int:

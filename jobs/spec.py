@@ -11,7 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 Precision = Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
-InputFormat = Literal["auto", "parquet", "hf_disk", "hf_hub", "hf_files"]
+FileFormat = Literal["parquet", "jsonl", "json", "csv"]
+FILE_FORMATS: tuple[str, ...] = get_args(FileFormat)
+InputFormat = Literal["auto", FileFormat, "hf_disk", "hf_hub", "hf_files"]
 INPUT_FORMATS: tuple[str, ...] = get_args(InputFormat)
 Device = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[str, ...] = get_args(Device)
@@ -78,17 +80,18 @@ class ModelSpec(_Section):
 
 
 class InputSpec(_Section):
-    """Where the rows come from: Parquet files (any fsspec filesystem) or a Hugging Face dataset."""
+    """Where the rows come from: Parquet, JSON or CSV files (on any fsspec filesystem) or a HF dataset."""
 
     uri: str | None = Field(
         None,
-        description="a Parquet file, folder or glob, or a save_to_disk folder (required unless dataset or "
-        "data_files)",
+        description="a file, folder or glob of Parquet, JSON lines, JSON or CSV files, or a save_to_disk "
+        "folder (required unless dataset or data_files)",
     )
     format: InputFormat = Field(
         "auto",
         description="what the input is; auto: hf_hub with dataset, hf_files with data_files, hf_disk for a "
-        "save_to_disk folder, else parquet",
+        "save_to_disk folder, else by file name (.parquet, .jsonl/.ndjson, .json, .csv, the text ones also "
+        ".gz/.zst; others parquet); set it to read one format of a mixed folder",
     )
     storage_options: dict[str, Any] = Field(
         default_factory=dict,
@@ -268,7 +271,10 @@ class JobSpec(_Section):
             if not i.data_files:
                 raise SpecError("input.data_files: required when input.format is 'hf_files'")
         elif not i.uri:
-            raise SpecError("input.uri: required (a Parquet file, folder or glob, or a save_to_disk folder)")
+            raise SpecError(
+                "input.uri: required (a file, folder or glob of Parquet, JSON lines, JSON or CSV files, or a "
+                "save_to_disk folder)"
+            )
         if not i.text_column:
             raise SpecError("input.text_column: must be a non-empty column name")
         for k, col in enumerate(i.passthrough):

@@ -116,7 +116,7 @@ def test_mismatched_types_across_files(tmp_path):
 def test_missing_input(tmp_path):
     with pytest.raises(PlanError, match="input.uri: .* does not exist"):
         plan_job(spec_for(str(tmp_path / "nope.parquet")))
-    with pytest.raises(PlanError, match="input.uri: no Parquet files found"):
+    with pytest.raises(PlanError, match="input.uri: no Parquet, JSON lines, JSON or CSV files found"):
         plan_job(spec_for(str(tmp_path)))
 
 
