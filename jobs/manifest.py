@@ -320,10 +320,10 @@ def table_bytes(table: pa.Table) -> bytes:
 def check_compatible(existing: dict[str, Any], job: dict[str, Any], uri: str) -> None:
     """Refuse to resume into an output that another model, spec or input plan started."""
     what = {
-        "weights_fingerprint": "the model weights",
-        "settings_fingerprint": "the embedding settings (prompt, normalize, precision, truncate_dim, ...)",
-        "spec_fingerprint": "the job spec (model, input or output sections)",
-        "plan_fingerprint": "the input plan (files, sizes or row ranges changed)",
+        "weights_fingerprint": "other model weights",
+        "settings_fingerprint": "other embedding settings",
+        "spec_fingerprint": "another job spec (input, output or policy)",
+        "plan_fingerprint": "another input plan (files, sizes or row ranges changed)",
     }
     for key in COMPATIBILITY_KEYS:
         if existing.get(key) != job.get(key):
@@ -337,7 +337,7 @@ def check_compatible(existing: dict[str, Any], job: dict[str, Any], uri: str) ->
             else:
                 shown = f"{key}: existing {existing.get(key)!r}, this run {job.get(key)!r}"
             raise OutputConflict(
-                f"output.uri: {uri} already holds a job made with different {what[key]} ({shown}); "
+                f"output.uri: {uri} already holds a job made with {what[key]} ({shown}); "
                 "use another output, or --overwrite to delete it and start again"
             )
 

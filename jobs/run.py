@@ -158,7 +158,7 @@ def run_job(
 ) -> dict[str, Any]:
     """Run a job end to end (resuming into an existing output of the same job) and return its summary.
 
-    progress: True draws a progress bar (and writes JSON event lines to `log_file` if given); "json" writes the
+    progress: True draws a progress bar (JSON event lines go only to `log_file`, if given); "json" writes the
     event lines to stderr (or `log_file`) with no bar; False stays quiet (but for `log_file`).
     keep_warm: leave the model replicas running for the next run_job of this process with the same model
     (notebooks, tests); the default frees them when the job ends.
@@ -253,7 +253,7 @@ def _run(
         sink.on_write_start(existing, job, plan)
         stages.mark("key_pass")
         bar = Progress(
-            plan.rows, len(plan.shards), bar=progress is True, events=progress is not False, log_file=log_file
+            plan.rows, len(plan.shards), bar=progress is True, events=progress == "json", log_file=log_file
         )
         bar.event(
             "job_started",
