@@ -397,6 +397,9 @@ class EmbeddingModel(torch.nn.Sequential):
     def describe(self) -> dict[str, Any]:
         """Module types and configs plus the settings that shape the vectors (for job metadata)."""
         param = next(self.parameters(), None)
+        first = self[0]
+        packed = bool(getattr(first, "packed", False))
+        reason = getattr(first, "packed_reason", None) or f"{type(first).__name__} has no packed forward"
         return {
             "model_path": self.model_path,
             "revision": snapshot_revision(self.model_path),
@@ -412,6 +415,9 @@ class EmbeddingModel(torch.nn.Sequential):
             "truncate_dim": self.truncate_dim,
             "device": str(self.device),
             "dtype": str(param.dtype).removeprefix("torch.") if param is not None else None,
+            # Whether token batching runs the unpadded forward, and if not, why (the padded one runs).
+            "packed": packed,
+            "packed_reason": None if packed else reason,
         }
 
 

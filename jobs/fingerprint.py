@@ -100,6 +100,11 @@ NEUTRAL_FIELDS = {
 }
 
 
+# Where the folder sits, which device ran it and whether padding was skipped (packed) do not change what a
+# vector means; leaving them out keeps outputs made before describe() named them reusable.
+NEUTRAL_DESCRIBE = ("model_path", "device", "packed", "packed_reason")
+
+
 def settings_fingerprint(weights: str, spec: dict[str, Any], describe: Any, max_chars: int | None) -> str:
     """Hash of everything that changes a vector: the weights, the pipeline and every field of VECTOR_FIELDS.
 
@@ -110,6 +115,5 @@ def settings_fingerprint(weights: str, spec: dict[str, Any], describe: Any, max_
         section, name = dotted.split(".")
         values[dotted] = spec[section][name]
     values["policy.max_text_chars"] = max_chars
-    # Where the folder sits and which device ran it do not change what a vector means.
-    pipeline = {k: v for k, v in (describe or {}).items() if k not in ("model_path", "device")}
+    pipeline = {k: v for k, v in (describe or {}).items() if k not in NEUTRAL_DESCRIBE}
     return digest(weights, values, pipeline, size=16)

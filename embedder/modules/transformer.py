@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from typing import Any, ClassVar
 
@@ -33,6 +34,8 @@ MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_i
 PACKED_KEY = "packed_forward"
 # transformers renamed `torch_dtype` to `dtype` in 4.56.
 DTYPE_KEY = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+logger = logging.getLogger(__name__)
 
 
 class Transformer(InputModule):
@@ -95,18 +98,26 @@ class Transformer(InputModule):
         forward_params = inspect.signature(self.auto_model.forward).parameters
         self._input_keys = tuple(k for k in MODEL_INPUT_KEYS if k in forward_params) or MODEL_INPUT_KEYS[:2]
         self._packed: PackedEncoder | None = None
+        self.packed_reason: str | None = None
         self.packed = packed
 
     @property
     def packed(self) -> bool:
-        """Whether forward skips padding (BERT-family models only; same token embeddings as the HF forward)."""
+        """Whether forward can skip padding (BERT family only; same token embeddings); `packed_reason` says why not."""
         return self._packed is not None
 
     @packed.setter
     def packed(self, value: bool) -> None:
-        self._packed = (
-            PackedEncoder(self.auto_model) if value and packed_support(self.auto_model) is None else None
-        )
+        reason = packed_support(self.auto_model) if value else "turned off (packed=False)"
+        self._packed = PackedEncoder(self.auto_model) if reason is None else None
+        self.packed_reason = reason
+        if value and reason is not None:
+            # Said once per load, not per batch: token batching still works, on the padded forward.
+            logger.info(
+                "%s has no packed (unpadded) forward; token batching runs the padded one: %s",
+                type(self.auto_model).__name__,
+                reason,
+            )
 
     def _use_packed(self, inputs: dict[str, Any]) -> bool:
         config = self.auto_model.config

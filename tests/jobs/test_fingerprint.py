@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.fingerprint import NEUTRAL_FIELDS, VECTOR_FIELDS, settings_fingerprint
+from jobs.fingerprint import NEUTRAL_DESCRIBE, NEUTRAL_FIELDS, VECTOR_FIELDS, settings_fingerprint
 from jobs.spec import JobSpec
 
 # A value other than the default for each field that can change a vector.
@@ -49,6 +49,17 @@ def test_each_vector_field_changes_the_fingerprint(dotted):
     before = settings_fingerprint("w", base, {"modules": []}, cut(base))
     after = settings_fingerprint("w", changed, {"modules": []}, cut(changed))
     assert before != after, dotted
+
+
+def test_packed_or_padded_forward_does_not_change_the_fingerprint():
+    spec = JobSpec.from_dict({"model": "m", "input": {"uri": "in"}, "output": {"uri": "out"}}).to_dict()
+    describe = {"modules": [], "dtype": "float32"}
+    padded = {**describe, "packed": False, "packed_reason": "architecture 'Qwen3Model' is not one of (...)"}
+    before = settings_fingerprint("w", spec, describe, 100)
+    assert settings_fingerprint("w", spec, padded, 100) == before
+    assert settings_fingerprint("w", spec, {**describe, "packed": True, "packed_reason": None}, 100) == before
+    assert settings_fingerprint("w", spec, {**describe, "dtype": "float16"}, 100) != before
+    assert {"packed", "packed_reason"} <= set(NEUTRAL_DESCRIBE)
 
 
 def test_a_resume_with_another_character_cut_is_refused(tmp_path, tiny_st_model, jobio, jobkit, ray_session):

@@ -76,6 +76,8 @@ def test_pyarrow_pandas_polars_and_duckdb_read_the_folder_as_it_is(finished_outp
 def test_every_part_file_names_its_model_and_settings(finished_output):
     out, _ = finished_output
     job = json.load(open(os.path.join(out, ".embedjob", "_job.json")))
+    # The replicas' describe(): whether token batching skipped padding (a tiny BERT: packed).
+    assert (job["model"]["pipeline"]["packed"], job["model"]["pipeline"]["packed_reason"]) == (True, None)
     parts = sorted(n for n in os.listdir(out) if n.endswith(".parquet"))
     assert parts and sorted(os.listdir(out)) == [".embedjob", *parts]
     for name in parts:
