@@ -196,6 +196,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         f"{cal['replica_tokens_per_s']:,.0f} tokens/s; here {cal['replicas_here']} replica(s): "
         f"~{cal['est_seconds_here']:,.0f} s (a cluster: divide by its replicas)"
     )
+    if cal.get("truncated_share"):
+        print(
+            f"{100 * cal['truncated_share']:.1f}% of the sampled texts are longer than the model's "
+            f"{cal['max_seq_length']} tokens: their vectors see only the first {cal['max_seq_length']}"
+        )
     return 0
 
 

@@ -215,6 +215,7 @@ def test_plan_check_finds_repeated_ids_and_loads_the_model_as_the_job_would(
 ):
     """`plan --check`: the job's duplicate-id pass and model load, real token counts; failures are named."""
     texts = [f"row number {i} about a cat" for i in range(30)]
+    texts[5] = "a cat sat on the mat " * 200  # longer than the model reads: cut
     ids = [f"d{i}" for i in range(30)]
     ids[17] = "d3"  # a repeat
     pq.write_table(pa.table({"id": ids, "text": texts}), str(tmp_path / "in.parquet"), row_group_size=10)
@@ -226,9 +227,10 @@ def test_plan_check_finds_repeated_ids_and_loads_the_model_as_the_job_would(
     from embedder import EmbeddingModel
 
     model = EmbeddingModel(tiny_st_model)
-    want = sum(len(model.tokenize([t])["input_ids"][0]) for t in texts) / len(texts)
+    want = sum(len(model.tokenize([t])["input_ids"][0]) for t in texts) / len(texts)  # as cut to the limit
     assert info["calibration"]["tokens_per_row"] == pytest.approx(want, abs=0.05)
     assert info["calibration"]["dimension"] == model.get_embedding_dimension()
+    assert info["calibration"]["truncated_share"] == round(1 / 30, 4)
 
     assert main([*base, "--check"]) == 1  # policy fail: the repeat is named, as the job would name it
     err = capsys.readouterr().err
