@@ -123,7 +123,7 @@ def dispatch(
                 ) from cause
             record = sink.on_shard_written(record)
             partial.pop(shard.shard_id, None)
-            bar.partial(sum(partial.values()))
+            bar.partial(sum(partial.values()), draw=False)
             bar.committed(record, attempts[shard.shard_id])
 
 

@@ -70,11 +70,13 @@ class Progress:
         )  # their rows count in the output's total, not this run's
         self._draw()
 
-    def partial(self, rows: int) -> None:
-        """Rows done so far of the shards in work (moves the bar between commits)."""
+    def partial(self, rows: int, draw: bool = True) -> None:
+        """Rows done so far of the shards in work (moves the bar between commits); draw=False when a commit
+        follows at once, so the bar never steps back between the two."""
         if rows != self._partial:
             self._partial = rows
-            self._draw()
+            if draw:
+                self._draw()
 
     def _draw(self) -> None:
         if self._bar is not None:

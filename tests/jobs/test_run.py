@@ -238,9 +238,9 @@ def test_progress_moves_within_a_shard(tmp_path, tiny_st_model, jobio, jobkit, m
     seen: list[tuple[int, int]] = []  # (partial rows, committed rows) as the bar saw them
     original = jobs.progress.Progress.partial
 
-    def spy(self, rows):
+    def spy(self, rows, draw=True):
         seen.append((rows, self.rows))
-        original(self, rows)
+        original(self, rows, draw)
 
     monkeypatch.setattr(jobs.progress.Progress, "partial", spy)
     spec = jobkit.job_spec(
