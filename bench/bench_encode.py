@@ -77,12 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     st.encode(texts[:64], batch_size=args.batch_size)
 
     ours.stats.update(texts=0, tokens=0, padded_tokens=0)
-    ours.encode(texts, batch_size=args.batch_size)
+    ours.encode(texts, batch_size=args.batch_size, batching="sentence-transformers")
     tokens, padded = ours.stats["tokens"], ours.stats["padded_tokens"]
 
     fns = {
         "sentence-transformers encode": lambda: st.encode(texts, batch_size=args.batch_size),
-        "embedder encode": lambda: ours.encode(texts, batch_size=args.batch_size),
+        "embedder encode": lambda: ours.encode(
+            texts, batch_size=args.batch_size, batching="sentence-transformers"
+        ),
     }
     # Same sort (by characters) and batch size as sentence-transformers, so the same padding.
     padding = {"sentence-transformers encode": padded, "embedder encode": padded}

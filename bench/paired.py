@@ -67,7 +67,9 @@ def build_variants(specs: list[str]) -> dict[str, Callable[[list[str]], np.ndarr
 
             ours = EmbeddingModel(model_path(), device="cpu")
         if name == "ours":
-            fns[spec] = lambda t, m=ours, n=n: np.asarray(m.encode(t, batch_size=n))
+            fns[spec] = lambda t, m=ours, n=n: np.asarray(
+                m.encode(t, batch_size=n, batching="sentence-transformers")
+            )
         elif name == "budget":
             fns[spec] = lambda t, m=ours, n=n: np.asarray(m.encode(t, max_batch_tokens=n))
         else:

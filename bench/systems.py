@@ -99,14 +99,19 @@ def run_st_pool(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_ours_encode(args: argparse.Namespace) -> dict[str, Any]:
-    """Our `EmbeddingModel.encode` in this process: fixed batch size, or a token budget with `--max-batch-tokens`."""
+    """Our `EmbeddingModel.encode` in this process: sentence-transformers' batches of a fixed size, or token
+    batches with `--max-batch-tokens`."""
     import torch
 
     from embedder import EmbeddingModel
 
     ids, texts = read_input(args.input)
     model = EmbeddingModel(model_path(), device="cpu")
-    kwargs: dict[str, Any] = {"batch_size": args.batch_sizes[0], "max_batch_tokens": args.max_batch_tokens}
+    kwargs: dict[str, Any] = {
+        "batch_size": args.batch_sizes[0],
+        "max_batch_tokens": args.max_batch_tokens,
+        "batching": "tokens" if args.max_batch_tokens else "sentence-transformers",
+    }
     model.encode(texts[:WARMUP_TEXTS], **kwargs)
     before = dict(model.stats)
     t0, c0 = time.perf_counter(), cpu_now()

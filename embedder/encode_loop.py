@@ -13,11 +13,46 @@ from embedder.device_io import HostCollector, to_device
 from embedder.modules.transformer import PACKED_KEY
 from embedder.prefetch import prefetch as run_ahead
 
-Batching = Literal["tokens", "sentence-transformers"]
-BATCHINGS: tuple[Batching, ...] = ("tokens", "sentence-transformers")
+Batching = Literal["auto", "tokens", "sentence-transformers"]
+BATCHINGS: tuple[Batching, ...] = ("auto", "tokens", "sentence-transformers")
 # Token budget of "tokens" batching on CPU when none is given. Measured on MiniLM (2 cores): 4096 beat
 # 32-text batches and 8192; the GEMMs run near peak and per-batch overhead vanishes, and it stays in cache.
 CPU_BATCH_TOKENS = 4096
+# Texts per batch for an input module without padding (StaticEmbedding): the tokenizer's batch call spreads
+# over its threads best on big batches, and the flat ids of 4096 texts take a few MiB at most.
+UNPADDED_BATCH_TEXTS = 4096
+
+
+def resolve_batching(
+    batching: Batching, model: torch.nn.Module, output_value: str | None, precision: str = "float32"
+) -> Batching:
+    """`batching`, with "auto" made "tokens" where that keeps `model`'s vectors exact, else "sentence-transformers".
+
+    Token batching changes which texts share a batch; that is exact only when every module computes each text
+    from its own real tokens (`rowwise`: the packed BERT forward, StaticEmbedding, Pooling, Dense, Normalize),
+    in float32 at full matmul precision (fp16/bf16 or TF32 move vectors by more than the parity bound), and
+    for float32 sentence embeddings only: token outputs keep sentence-transformers' batches and the padded
+    forward, and a last-bit difference can move an int8 bucket or a binary sign, so quantised ones keep its
+    batches too.
+    """
+    if batching != "auto":
+        return batching
+    exact = (
+        output_value == "sentence_embedding"
+        and precision == "float32"
+        and all(getattr(m, "rowwise", False) for m in model.children())
+        and all(p.dtype == torch.float32 for p in model.parameters())
+        and full_precision_matmul()
+    )
+    return "tokens" if exact else "sentence-transformers"
+
+
+def full_precision_matmul() -> bool:
+    """Whether float32 matmuls run in full float32 (no TF32 or bf16 shortcut)."""
+    try:
+        return torch.get_float32_matmul_precision() == "highest"
+    except RuntimeError:  # set per backend through torch's newer API: cannot tell, so not assumed
+        return False
 
 
 def uses_packed(batching_mode: Batching, max_batch_tokens: int | None) -> bool:
@@ -47,14 +82,19 @@ def plan(
     own batches, hence its vectors bit for bit. "tokens" sorts by token count and cuts batches of at most
     `max_batch_tokens` padded tokens; when None, of at most `batch_size` x max_seq_length (the most one
     sentence-transformers batch can hold, so memory stays within its bound), and on CPU at most CPU_BATCH_TOKENS.
+    An input module that never pads (`pads` False) gains nothing from sorting or a budget: "tokens" cuts its
+    texts in input order, UNPADDED_BATCH_TEXTS per batch, each tokenised once (lengths: characters).
     """
+    chars = [len(t) for t in texts]
+    by_count = batching_mode == "sentence-transformers" and max_batch_tokens is None
+    if not by_count and not getattr(first, "pads", True):
+        order = list(range(len(texts)))
+        return None, chars, order, batching.batches_by_count(order, UNPADDED_BATCH_TEXTS)
     tokenize = getattr(first, "tokenize_unpadded", None)
     encoded = tokenize(texts, prompt=prompt) if callable(tokenize) else None
-    if batching_mode == "sentence-transformers" and max_batch_tokens is None:
-        lengths = [len(t) for t in texts]
-        order = batching.length_order(lengths)
-        if encoded is not None:
-            lengths = [len(ids) for ids in encoded["input_ids"]]
+    if by_count:
+        order = batching.length_order(chars)
+        lengths = chars if encoded is None else [len(ids) for ids in encoded["input_ids"]]
         return encoded, lengths, order, batching.batches_by_count(order, batch_size)
     if encoded is not None:
         lengths = [len(ids) for ids in encoded["input_ids"]]

@@ -206,17 +206,19 @@ class EmbeddingModel(torch.nn.Sequential):
         convert_to_tensor: bool = False,
         show_progress_bar: bool | None = None,
         max_batch_tokens: int | None = None,
-        batching: encode_loop.Batching = "sentence-transformers",
+        batching: encode_loop.Batching = "auto",
         output_value: OutputValue = "sentence_embedding",
         device: str | torch.device | None = None,
     ) -> EncodeResult:
         """Embed `inputs` (a string -> 1-D vector, a list -> (n, dim)) in input order.
 
-        Texts are tokenised once and sorted longest first. By default they are sorted by characters and cut into
-        `batch_size` texts per batch, as sentence-transformers does (bit-identical vectors, so int8 buckets match
-        too). `batching="tokens"` or a `max_batch_tokens` sorts by token count, cuts batches by a padded-token
-        budget (see encode_loop.plan) and runs BERT-family encoders unpadded (packed): much faster, vectors
-        within ~1e-6 of sentence-transformers'.
+        Texts are tokenised once and sorted longest first. `batching="tokens"` or a `max_batch_tokens` sorts by
+        token count, cuts batches by a padded-token budget (see encode_loop.plan) and runs BERT-family encoders
+        unpadded (packed): much faster, vectors within ~2e-7 of sentence-transformers'. `"sentence-transformers"`
+        sorts by characters and cuts `batch_size` texts per batch as it does: bit-identical vectors (so int8
+        buckets match too). The default, "auto", is "tokens" where that stays exact (float32 sentence embeddings,
+        not quantised, from packed BERT or StaticEmbedding pipelines; see encode_loop.resolve_batching), else
+        the latter.
         `truncate_dim` applies before `normalize_embeddings`, quantisation (`precision`) after both.
         `output_value="token_embeddings"` gives each text its real tokens' vectors, None its feature dict (see
         embedder.outputs); both run the padded forward. `device` moves the model there first, for good.
@@ -224,6 +226,7 @@ class EmbeddingModel(torch.nn.Sequential):
         check_precision(precision)
         outputs.check_output_value(output_value, precision)
         encode_loop.check_batching(batching)
+        batching = encode_loop.resolve_batching(batching, self, output_value, precision)
         if batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
         texts, single = as_text_list(inputs)

@@ -33,6 +33,9 @@ class Module(torch.nn.Module):
 
     config_keys: ClassVar[tuple[str, ...]] = ()
     config_file_name: ClassVar[str] = "config.json"
+    # True when each text's output comes from its own real tokens only, whatever shares its batch or padding
+    # (up to float rounding): what lets encode's default batch by tokens (see encode_loop.resolve_batching).
+    rowwise: ClassVar[bool] = False
 
     def forward(self, features: Features) -> Features:
         raise NotImplementedError
@@ -64,6 +67,8 @@ class InputModule(Module):
     max_seq_length: int | None = None
     # Input modules save their files in the model's root folder, as sentence-transformers does.
     save_in_root: ClassVar[bool] = True
+    # False when features hold no padding (StaticEmbedding's flat ids): token batching then keeps input order.
+    pads: ClassVar[bool] = True
 
     def preprocess(self, texts: list[str], *, prompt: str | None = None, task: str | None = None) -> Features:
         """Tokenise raw `texts` into a features dict of tensors, prepending `prompt` to each text if given."""

@@ -82,6 +82,7 @@ class Dense(Module):
         "module_output_name",
         "use_residual",
     )
+    rowwise = True
 
     def __init__(
         self,

@@ -13,6 +13,7 @@ class Normalize(Module):
     """features[module_output_name] = features[module_input_name] / its L2 norm (last axis)."""
 
     config_keys = ("module_input_name", "module_output_name")
+    rowwise = True
 
     def __init__(
         self, module_input_name: str = "sentence_embedding", module_output_name: str | None = None

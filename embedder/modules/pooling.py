@@ -170,6 +170,7 @@ class Pooling(Module):
     """Pools `token_embeddings` into `sentence_embedding` with one or more modes, concatenated in the given order."""
 
     config_keys = ("word_embedding_dimension", "pooling_mode", "include_prompt")
+    rowwise = True
 
     def __init__(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from itertools import chain
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,6 +23,8 @@ class StaticEmbedding(InputModule):
     """A `tokenizers.Tokenizer` plus an `nn.EmbeddingBag` that averages the token vectors of each text."""
 
     save_in_root: ClassVar[bool] = True
+    rowwise: ClassVar[bool] = True
+    pads: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -77,10 +80,10 @@ class StaticEmbedding(InputModule):
         """Tokenise `prompt + text` without special tokens into one flat id tensor plus each text's start offset."""
         if prompt:
             texts = [prompt + t for t in texts]
-        ids = [enc.ids for enc in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+        ids = self._token_ids(texts)
         lengths = [len(x) for x in ids]
         offsets = torch.tensor(np.cumsum([0] + lengths[:-1]), dtype=torch.long)
-        input_ids = torch.tensor([i for seq in ids for i in seq], dtype=torch.long)
+        input_ids = torch.from_numpy(np.fromiter(chain.from_iterable(ids), np.int64, sum(lengths)))
         features: Features = {"input_ids": input_ids, "offsets": offsets}
         if task is not None:
             features["task"] = task
@@ -88,7 +91,11 @@ class StaticEmbedding(InputModule):
 
     def text_lengths(self, texts: list[str]) -> list[int]:
         """Token counts per text (after any truncation), what batching sorts and budgets by."""
-        return [len(enc.ids) for enc in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+        return [len(x) for x in self._token_ids(texts)]
+
+    def _token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text's token ids, no special tokens; the batch call without offsets (same ids, less work)."""
+        return [enc.ids for enc in self.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)]
 
     def forward(self, features: Features) -> Features:
         # An empty bag (a text with no tokens) comes out as a zero vector, as in sentence-transformers and model2vec.

@@ -119,17 +119,24 @@ class Transformer(InputModule):
                 reason,
             )
 
-    def _use_packed(self, inputs: dict[str, Any]) -> bool:
+    @property
+    def rowwise(self) -> bool:  # type: ignore[override]
+        """Whether asking for the packed forward gets it: each text then sees only its own real tokens."""
         config = self.auto_model.config
         return (
             self._packed is not None
+            and not getattr(config, "output_hidden_states", False)
+            and not getattr(config, "output_attentions", False)
+            and getattr(config, "_attn_implementation", None) in PACKED_ATTENTION
+        )
+
+    def _use_packed(self, inputs: dict[str, Any]) -> bool:
+        return (
+            self.rowwise
             and not self.auto_model.training
             and isinstance(inputs.get("attention_mask"), torch.Tensor)
             and isinstance(inputs.get("input_ids"), torch.Tensor)
             and inputs["input_ids"].dim() == 2
-            and not getattr(config, "output_hidden_states", False)
-            and not getattr(config, "output_attentions", False)
-            and getattr(config, "_attn_implementation", None) in PACKED_ATTENTION
         )
 
     @property

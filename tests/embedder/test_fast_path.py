@@ -263,14 +263,16 @@ def test_minilm_fast_path_matches_st(minilm_path, parity) -> None:
     assert ours.stats["texts"] == len(texts) and ours.stats["tokens"] == sum(ours[0].text_lengths(texts))
     # The packed forward computes no padding; the HF forward pads each batch to its longest row.
     assert ours.stats["padded_tokens"] == ours.stats["tokens"]
+    # The default is that fast path on this float32 BERT pipeline.
+    np.testing.assert_array_equal(ours.encode(texts, batch_size=16), fast)
     ours.stats.update(texts=0, tokens=0, padded_tokens=0)
-    ours.encode(texts, batch_size=16)
+    named = ours.encode(texts, batch_size=16, batching="sentence-transformers")
     assert ours.stats["padded_tokens"] > ours.stats["tokens"]
-    # The default: sentence-transformers' batches and the HF forward, so its vectors bit for bit.
-    np.testing.assert_array_equal(ours.encode(texts, batch_size=16), ref)
+    # By name: sentence-transformers' batches and the HF forward, so its vectors bit for bit.
+    np.testing.assert_array_equal(named, ref)
     for precision in ("int8", "ubinary"):
         np.testing.assert_array_equal(
-            ours.encode(texts, batch_size=16, precision=precision),
+            ours.encode(texts, batch_size=16, precision=precision, batching="sentence-transformers"),
             st.encode(texts, batch_size=16, precision=precision),
         )
 

@@ -74,16 +74,18 @@ def test_minilm_parity(ours, st, texts, parity, kwargs) -> None:
     parity(a, b)
 
 
-def test_minilm_parity_and_quantized_identical(ours, st_float, texts, parity) -> None:
+def test_minilm_st_batching_bit_identical_and_quantized_identical(ours, st_float, texts) -> None:
     from sentence_transformers.util import quantize_embeddings as st_quantize
 
-    floats = ours.encode(texts, batch_size=BS)
-    parity(floats, st_float)
+    # Asked for by name, sentence-transformers' batches and the HF forward: its vectors bit for bit.
+    floats = ours.encode(texts, batch_size=BS, batching="sentence-transformers")
+    np.testing.assert_array_equal(floats, st_float)
     # st.encode(precision=p) is exactly st_quantize(its float vectors, p), and so is ours: check that
     # through encode for two precisions, and on the float vectors for all four (the machine is small).
     for precision in ("int8", "ubinary"):
         np.testing.assert_array_equal(
-            ours.encode(texts, batch_size=BS, precision=precision), quantize_embeddings(floats, precision)
+            ours.encode(texts, batch_size=BS, precision=precision, batching="sentence-transformers"),
+            quantize_embeddings(floats, precision),
         )
     for precision in ("int8", "uint8", "binary", "ubinary"):
         a = quantize_embeddings(floats, precision)
@@ -92,9 +94,18 @@ def test_minilm_parity_and_quantized_identical(ours, st_float, texts, parity) ->
         np.testing.assert_array_equal(a, b, err_msg=precision)
 
 
+def test_default_is_the_packed_token_path_within_parity(ours, st_float, texts, parity) -> None:
+    ours.stats.update(texts=0, tokens=0, padded_tokens=0)
+    default = ours.encode(texts, batch_size=BS)
+    parity(default, st_float)
+    # Token batches through the packed forward: no padding computed, the same vectors as asking by name.
+    assert ours.stats["padded_tokens"] == ours.stats["tokens"] == sum(ours[0].text_lengths(texts))
+    np.testing.assert_array_equal(default, ours.encode(texts, batch_size=BS, batching="tokens"))
+
+
 def test_token_budget_batches_same_vectors_less_padding(ours, st_float, texts, parity) -> None:
     ours.stats.update(texts=0, tokens=0, padded_tokens=0)
-    fixed = ours.encode(texts, batch_size=BS)
+    fixed = ours.encode(texts, batch_size=BS, batching="sentence-transformers")
     by_count = dict(ours.stats)
     ours.stats.update(texts=0, tokens=0, padded_tokens=0)
     budget = ours.encode(texts, max_batch_tokens=1024)

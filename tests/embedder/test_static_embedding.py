@@ -216,3 +216,45 @@ def test_model2vec_folder_as_model(tmp_path) -> None:
     ours = EmbeddingModel(str(tmp_path), device="cpu")
     assert_parity(ours.encode(KNOWN_TEXTS), m2v.encode(KNOWN_TEXTS, use_multiprocessing=False))
     assert_parity(ours.encode(TEXTS), SentenceTransformer(str(tmp_path), device="cpu").encode(TEXTS))
+
+
+def test_token_batching_keeps_input_order_and_tokenises_once(monkeypatch) -> None:
+    """Flat ids hold no padding: "tokens" (the default here) cuts texts in input order, each tokenised once."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import StaticEmbedding as STStatic
+
+    from embedder import encode_loop
+    from embedder.model import EmbeddingModel
+
+    weights = random_weights(seed=8)
+    ours = EmbeddingModel(
+        modules=[StaticEmbedding(tiny_tokenizer(), embedding_weights=weights)], device="cpu"
+    )
+    assert encode_loop.resolve_batching("auto", ours, "sentence_embedding") == "tokens"
+    texts = TEXTS * 3
+    monkeypatch.setattr(encode_loop, "UNPADDED_BATCH_TEXTS", 5)
+    for budget in (None, 8):
+        _, _, order, batches = encode_loop.plan(
+            ours[0], texts, prompt=None, batch_size=2, max_batch_tokens=budget, batching_mode="tokens",
+            device=torch.device("cpu"),
+        )  # fmt: skip
+        assert order == list(range(len(texts)))
+        assert batches == [order[i : i + 5] for i in range(0, len(texts), 5)]
+
+    tokenised: list[str] = []
+    token_ids = ours[0]._token_ids
+
+    def counted(batch: list[str]) -> list[list[int]]:
+        tokenised.extend(batch)
+        return token_ids(batch)
+
+    monkeypatch.setattr(ours[0], "_token_ids", counted)
+    default = ours.encode(texts)
+    assert tokenised == texts
+    # The bag of each text is its own: every batching gives the same vectors, bit for bit.
+    np.testing.assert_array_equal(default, ours.encode(texts, batching="tokens"))
+    np.testing.assert_array_equal(default, ours.encode(texts, batching="sentence-transformers", batch_size=2))
+    theirs = SentenceTransformer(
+        modules=[STStatic(tiny_tokenizer(), embedding_weights=weights)], device="cpu"
+    )
+    assert_parity(default, theirs.encode(texts))
