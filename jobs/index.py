@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from jobs.buckets import HASH_NAME, bucket_count, bucketed_parquet, id_keys
 from jobs.manifest import JOB_FILE, OutputStore
 from jobs.retry import RetryPolicy
-from jobs.tasks import run_tasks
+from jobs.tasks import groups_of_rows, run_tasks
 from jobs.write import parquet_bytes, retried
 
 INDEX_DIR = "_index"
@@ -46,17 +46,16 @@ def build_index(
             strict=True,
         )
     )
-    groups, cur, n = [], [], 0
-    for index, file, count in parts:
-        if cur and n + count > ROWS_PER_INDEX_TASK:
-            groups.append(cur)
-            cur, n = [], 0
-        cur.append((index, file))
-        n += count
-    if cur:
-        groups.append(cur)
+    groups = groups_of_rows(parts, lambda p: p[2], ROWS_PER_INDEX_TASK)
     calls = [
-        (store_args(source), group, store_args(target), target_dir, buckets, g)
+        (
+            store_args(source),
+            [(index, file) for index, file, _ in group],
+            store_args(target),
+            target_dir,
+            buckets,
+            g,
+        )
         for g, group in enumerate(groups)
     ]
     files = sorted((rel, groups) for rows, rel, groups in run_tasks(_index_parts, calls) if rows)

@@ -47,7 +47,7 @@ from jobs.retry import RetryPolicy
 from jobs.rows import check_texts, duplicate_ids, raw_text_values
 from jobs.shards import Plan, Shard
 from jobs.spec import JobSpec
-from jobs.tasks import run_tasks
+from jobs.tasks import groups_of_rows, run_tasks
 from jobs.write import parquet_bytes
 
 WORK_DIR = "_work"
@@ -142,7 +142,7 @@ def run_key_pass(
 
     scans = (
         (spec.to_dict(), [s.to_dict() for s in g], k, out_args, buckets, max_chars, with_text, passthrough)
-        for k, g in enumerate(_groups(plan.shards))
+        for k, g in enumerate(groups_of_rows(plan.shards, lambda s: s.rows, ROWS_PER_SCAN))
     )
     scanned = [(rel, groups) for _, rel, groups in _named("scan", run_tasks(_scan, scans)) if rel]
     ppg = _parts_per_gather(previous) if with_text and not live else 0
@@ -208,22 +208,6 @@ def run_key_pass(
     store.write_json(DONE_FILE, {"fingerprint": fingerprint, **{k: getattr(result, k) for k in _COUNTS}})
     result.seconds = round(time.perf_counter() - started, 3)
     return result
-
-
-def _groups(shards: list[Shard]) -> list[list[Shard]]:
-    """Consecutive shards of about ROWS_PER_SCAN rows each."""
-    out: list[list[Shard]] = []
-    cur: list[Shard] = []
-    rows = 0
-    for s in shards:
-        if cur and rows + s.rows > ROWS_PER_SCAN:
-            out.append(cur)
-            cur, rows = [], 0
-        cur.append(s)
-        rows += s.rows
-    if cur:
-        out.append(cur)
-    return out
 
 
 def _previous_index(previous: Any, store: OutputStore, passthrough: list[str]) -> dict[str, Any]:

@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 # The key pass and the index build read and write storage; they need no reserved CPU and must not wait
 # for one while the replicas hold every CPU of the cluster. SPREAD puts them on every node, not the head's.
 TASK_OPTIONS = {"num_cpus": 0, "scheduling_strategy": "SPREAD", "max_retries": 3}
+
+
+def groups_of_rows(items: Iterable[T], rows: Callable[[T], int], limit: int) -> list[list[T]]:
+    """Consecutive items in groups of about `limit` rows each (an item larger than `limit` is a group alone)."""
+    groups: list[list[T]] = []
+    current: list[T] = []
+    n = 0
+    for item in items:
+        count = rows(item)
+        if current and n + count > limit:
+            groups.append(current)
+            current, n = [], 0
+        current.append(item)
+        n += count
+    if current:
+        groups.append(current)
+    return groups
 
 
 def default_window() -> int:

@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 from jobs.faults import maybe_fail
-from jobs.manifest import META_DIR, OutputConflict, check_compatible
+from jobs.manifest import JOB_FILE, META_DIR, OutputConflict, check_compatible
 from jobs.retry import RetryPolicy, call_with_retries
 from jobs.shards import Plan, Shard
 from jobs.sinks.lance_table import (
@@ -60,7 +60,6 @@ class LanceSink(ParquetSink):
     ):
         self.lance = import_lance()
         super().__init__(uri, storage_options, policy)
-        self.table_store = self.data
         self.lance_options = lance_storage_options(storage_options or {})
         self.vector_index, self.id_index, self.metric = vector_index, id_index, metric
         self.live = live  # --previous is this table: update it in place
@@ -74,8 +73,8 @@ class LanceSink(ParquetSink):
     # --- driver ---
     def existing_job(self, overwrite: bool) -> dict[str, Any] | None:
         """_job.json from the metadata folder; refuses a folder or a table that is not an embedjob output."""
-        if self.table_store.fs.exists(self.table_store.root):
-            names = self.table_store.fs.ls(self.table_store.root, detail=False)
+        if self.data.fs.exists(self.data.root):
+            names = self.data.fs.ls(self.data.root, detail=False)
             others = sorted(posixpath.basename(n.rstrip("/")) for n in names)
             others = [n for n in others if n not in LANCE_NAMES]
             if others:
@@ -83,7 +82,7 @@ class LanceSink(ParquetSink):
                     f"output.uri: {self.uri} holds files a Lance output does not consist of "
                     f"({', '.join(repr(n) for n in others[:5])}); choose another folder"
                 )
-        existing = self.store.read_json("_job.json")
+        existing = self.store.read_json(JOB_FILE)
         if existing is None and not overwrite:
             ds = self._dataset()
             if ds is not None and SCHEMA_KEY.encode() not in (ds.schema.metadata or {}):
@@ -106,7 +105,7 @@ class LanceSink(ParquetSink):
         """--overwrite: delete the table and its metadata. A new live update: check that the table's vectors
         come from the same settings, and drop the last run's metadata. Otherwise check that the job may resume."""
         if overwrite:
-            fs, root = self.table_store.fs, self.table_store.root
+            fs, root = self.data.fs, self.data.root
             if fs.exists(root):
                 for entry in fs.ls(root, detail=False):
                     if posixpath.basename(entry.rstrip("/")) != META_DIR:

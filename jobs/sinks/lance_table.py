@@ -21,7 +21,7 @@ from jobs.fingerprint import match_hashes
 from jobs.index import INDEX_MAP, INDEX_SCHEMA, open_store, read_row_groups, store_args, write_bucketed
 from jobs.keypass import DROP_SOURCES
 from jobs.manifest import OutputStore
-from jobs.tasks import run_tasks
+from jobs.tasks import groups_of_rows, run_tasks
 from jobs.write import parquet_bytes
 
 MESSAGE_KEY = "__lance_commit_message"
@@ -95,17 +95,9 @@ class LiveTable:
         return self.ds.count_rows()
 
     def fragment_groups(self) -> list[list[int]]:
-        """Fragment ids in groups of about ROWS_PER_TASK rows."""
-        groups: list[list[int]] = [[]]
-        n = 0
-        for f in self.ds.get_fragments():
-            rows = f.count_rows()
-            if groups[-1] and n + rows > ROWS_PER_TASK:
-                groups.append([])
-                n = 0
-            groups[-1].append(f.fragment_id)
-            n += rows
-        return [g for g in groups if g]
+        """Fragment ids in groups of about ROWS_PER_TASK rows (counted from the manifest: no file is read)."""
+        fragments = [(f.fragment_id, f.metadata.physical_rows) for f in self.ds.get_fragments()]
+        return [[fid for fid, _ in g] for g in groups_of_rows(fragments, lambda f: f[1], ROWS_PER_TASK)]
 
     def build_index(self, target: OutputStore, target_dir: str, passthrough: list[str]) -> dict[str, Any]:
         """Write the table's (id, match hash, fragment, offset) under target/target_dir, bucketed by id."""
