@@ -130,7 +130,7 @@ def _with_int8_ranges(
         return spec, None
     source: dict[str, Any] | None = None
     for name, job in (("output", existing), ("previous", previous.job if previous is not None else None)):
-        model = ((job or {}).get("spec") or {}).get("model") or (job or {})
+        model = ((job or {}).get("spec") or {}).get("model") or {}
         if model.get("int8_ranges") and model.get("precision", m.precision) == m.precision:
             ranges, source = model["int8_ranges"], {"from": name}
             break

@@ -14,6 +14,7 @@ import numpy as np
 
 from jobs.manifest import JOB_FILE, OutputStore
 from jobs.sinks import metadata_store
+from jobs.spec import OutputSpec
 
 SIMILARITIES = ("cosine", "dot")
 
@@ -115,8 +116,7 @@ def search(uri: str, query: str, k: int = 10, storage_options: dict | None = Non
     if similarity not in SIMILARITIES:
         raise SearchError(f"search: similarity {similarity!r} of {uri} is not one of {list(SIMILARITIES)}")
     q = embed_query(job, query)
-    fmt = job["spec"]["output"].get("format", "auto")
-    if fmt == "lance" or (fmt == "auto" and uri.rstrip("/").endswith(".lance")):
+    if OutputSpec(**{**job["spec"]["output"], "uri": uri}).kind == "lance":
         hits = search_lance(uri, q, k, similarity, storage_options)
     else:
         hits = search_parquet(store, OutputStore(uri, storage_options), q, k, similarity)

@@ -63,7 +63,7 @@ class ShardWorker:
         if m.max_seq_length:
             self.model.max_seq_length = m.max_seq_length
         self._info: dict[str, dict[str, Any]] = {}
-        self._current: tuple[str, int] = ("", 0)  # (shard id, rows read so far) of the shard being embedded
+        self._current: tuple[str, int] = ("", 0)  # (shard id, rows done so far) of the shard being embedded
         self._job_key = ""
         self._weights = ""
         self._use(spec)

@@ -183,8 +183,9 @@ class LanceSink(ParquetSink):
             schema = self._read_schema()
             job = {k: self._job.get(k) for k in ("settings_fingerprint", "weights_fingerprint")}
             job["model"] = self._job.get("model", {}).get("name")
+            # The quantisation a later live update must reuse, in _job.json's shape (spec.model.*).
             model_spec = (self._job.get("spec") or {}).get("model") or {}
-            job["precision"], job["int8_ranges"] = model_spec.get("precision"), model_spec.get("int8_ranges")
+            job["spec"] = {"model": {k: model_spec.get(k) for k in ("precision", "int8_ranges")}}
             meta = {**(schema.metadata or {}), SCHEMA_KEY.encode(): json.dumps(job).encode()}
             op = lance.LanceOperation.Overwrite(schema.with_metadata(meta), fragments)
         message = {**run, "shards": records.num_rows, "deleted_rows": dropped}

@@ -93,3 +93,25 @@ def test_int8_ranges_are_checked():
         JobSpec.from_dict({**base, "model": {"name": "m", "precision": "int8", "int8_ranges": [[0.0, 1.0]]}})
     with pytest.raises(SpecError, match="used by precision int8 or uint8 only"):
         JobSpec.from_dict({**base, "model": {"name": "m", "int8_ranges": [[0.0], [1.0]]}})
+
+
+def test_a_live_lance_table_keeps_its_int8_ranges(tmp_path, tiny_st_model, jobio, jobkit):
+    """The second nightly update of an int8 Lance table quantises with the ranges the table was made with."""
+    pytest.importorskip("lance")
+    texts = jobio.corpus(40, seed=63)
+    out = str(tmp_path / "live.lance")
+    model = {"precision": "int8"}
+    jobkit.write_files(str(tmp_path / "in1"), texts, files=1, row_group_size=20)
+    run_job(jobkit.job_spec(tiny_st_model, str(tmp_path / "in1"), out, model=model, previous=out),
+            progress=False, keep_warm=True)  # fmt: skip
+    first = json.load(open(os.path.join(out, ".embedjob", "_job.json")))["spec"]["model"]["int8_ranges"]
+    texts[0] = "a changed text about a boat"
+    jobkit.write_files(str(tmp_path / "in2"), texts, files=1, row_group_size=20)
+    summary = run_job(jobkit.job_spec(tiny_st_model, str(tmp_path / "in2"), out, model=model, previous=out),
+                      progress=False, keep_warm=True)  # fmt: skip
+    job = json.load(open(os.path.join(out, ".embedjob", "_job.json")))
+    assert (summary["embedded"], summary["reused"]) == (1, 39)
+    assert (
+        job["model"]["int8_calibration"] == {"from": "previous"}
+        and job["spec"]["model"]["int8_ranges"] == first
+    )
