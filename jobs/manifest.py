@@ -90,6 +90,11 @@ def part_name(index: int, shard_id: str) -> str:
     return f"part-{index:05d}-{shard_id}.parquet"
 
 
+def _json_bytes(obj: Any) -> bytes:
+    """How an output's JSON files are written (stable key order, readable)."""
+    return json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8")
+
+
 class OutputStore:
     """One output folder on any fsspec filesystem, with retried reads and atomic writes."""
 
@@ -124,13 +129,11 @@ class OutputStore:
 
     def write_json(self, rel: str, obj: Any) -> None:
         """Write a JSON file atomically (staged, then moved)."""
-        data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8")
-        write_atomic(self.fs, self.root, rel, data, self.policy, f"output {self.uri}")
+        write_atomic(self.fs, self.root, rel, _json_bytes(obj), self.policy, f"output {self.uri}")
 
     def create_json(self, rel: str, obj: Any) -> bool:
         """Write a JSON file only if it does not exist yet; False when another writer created it first."""
-        data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8")
-        return create_atomic(self.fs, self.root, rel, data, self.policy, f"output {self.uri}")
+        return create_atomic(self.fs, self.root, rel, _json_bytes(obj), self.policy, f"output {self.uri}")
 
     def exists(self, rel: str) -> bool:
         """Whether a file exists in the output."""
