@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import transformers
 
-from embedder import encode_loop, hub, outputs
+from embedder import encode_loop, hub, images, outputs
 from embedder.modules import LoadOptions, Module, module_class, type_name_for
 from embedder.modules.base import read_json_file
 from embedder.modules.router import TEXT_MODALITY
@@ -113,7 +113,7 @@ class EmbeddingModel(torch.nn.Sequential):
         # A multi-vector save may name e.g. "maxsim": sentence-transformers ignores it for dense models, so do we.
         saved_fn = saved_fn if saved_fn in SIMILARITY_NAMES or saved_fn == "dot_product" else None
         self.similarity_fn_name = similarity_fn_name or saved_fn or "cosine"
-        self.stats = {"texts": 0, "tokens": 0, "padded_tokens": 0}
+        self.stats = {"texts": 0, "tokens": 0, "padded_tokens": 0, "images": 0}
 
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -193,7 +193,7 @@ class EmbeddingModel(torch.nn.Sequential):
 
     def encode(
         self,
-        inputs: str | Iterable[str],
+        inputs: str | Iterable[str] | Any,
         *,
         batch_size: int = 32,
         prompt_name: str | None = None,
@@ -222,6 +222,8 @@ class EmbeddingModel(torch.nn.Sequential):
         `truncate_dim` applies before `normalize_embeddings`, quantisation (`precision`) after both.
         `output_value="token_embeddings"` gives each text its real tokens' vectors, None its feature dict (see
         embedder.outputs); both run the padded forward. `device` moves the model there first, for good.
+        A CLIP-style model also takes images (see embedder.images.is_image), alone or mixed with texts; an
+        image's vector ignores prompts and batching, and lies in the texts' space.
         """
         check_precision(precision)
         outputs.check_output_value(output_value, precision)
@@ -229,12 +231,25 @@ class EmbeddingModel(torch.nn.Sequential):
         batching = encode_loop.resolve_batching(batching, self, output_value, precision)
         if batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
-        texts, single = as_text_list(inputs)
+        takes_images = images.accepts_images(self[0])
+        texts, single = as_text_list(inputs, takes_images=takes_images)
         prompt = self.resolve_prompt(prompt, prompt_name)
         truncate_dim = truncate_dim if truncate_dim is not None else self.truncate_dim
         if device is not None:
             self._move_to(device)
         sentence = output_value == "sentence_embedding"
+        image_at = [i for i, v in enumerate(texts) if takes_images and images.is_image(v, strings=True)]
+        if image_at:
+            if not sentence:
+                raise ValueError(
+                    f"output_value {output_value!r} is not available for images; use 'sentence_embedding'"
+                )
+            kwargs = dict(
+                batch_size=batch_size, prompt=prompt, task=task, normalize_embeddings=normalize_embeddings,
+                truncate_dim=truncate_dim, max_batch_tokens=max_batch_tokens, batching=batching,
+            )  # fmt: skip
+            embeddings = self._encode_with_images(texts, image_at, keep_on_device=convert_to_tensor, **kwargs)
+            return as_result(embeddings, precision, convert_to_tensor, convert_to_numpy, single)
         if not texts:
             return self._empty(precision, convert_to_tensor, convert_to_numpy) if sentence else []
 
@@ -274,19 +289,29 @@ class EmbeddingModel(torch.nn.Sequential):
                 keep_on_device=convert_to_tensor,
             )
         embeddings = encode_loop.unsort(sorted_emb, order)
+        return as_result(embeddings, precision, convert_to_tensor, convert_to_numpy, single)
 
-        if precision != "float32":
-            quantized = torch.from_numpy(quantize_embeddings(embeddings, precision))
-            result: Any = (
-                quantized if convert_to_tensor else quantized.numpy() if convert_to_numpy else list(quantized)
-            )
-        elif convert_to_tensor:
-            result = embeddings
-        elif convert_to_numpy:
-            result = embeddings.numpy()
-        else:
-            result = list(embeddings)
-        return result[0] if single else result
+    def _encode_with_images(
+        self, values: list[Any], image_at: list[int], *, keep_on_device: bool, **kwargs: Any
+    ) -> torch.Tensor:
+        """Float32 sentence embeddings of `values` whose positions `image_at` are images and the rest texts."""
+        is_image = set(image_at)
+        text_at = [i for i in range(len(values)) if i not in is_image]
+        truncate_dim, normalize = kwargs["truncate_dim"], kwargs["normalize_embeddings"]
+        self.eval()
+        with torch.inference_mode():
+            image_emb = images.encode_images(
+                self, [values[i] for i in image_at], batch_size=kwargs["batch_size"],
+                postprocess=lambda emb: encode_loop.finish(emb, truncate_dim, normalize),
+                keep_on_device=keep_on_device,
+            )  # fmt: skip
+        out = image_emb.new_empty((len(values), image_emb.shape[1]))
+        out[image_at] = image_emb
+        if text_at:
+            texts = [values[i] for i in text_at]
+            text_emb = self.encode(texts, convert_to_tensor=True, **kwargs)
+            out[text_at] = text_emb.to(out.device)
+        return out
 
     def encode_query(self, inputs: str | Iterable[str], **kwargs: Any) -> EncodeResult:
         """encode with the "query" prompt (if none given) and task "query" (routes Router models)."""
@@ -438,17 +463,43 @@ def snapshot_revision(path: str | None) -> str | None:
     return None
 
 
-def as_text_list(inputs: Any) -> tuple[list[str], bool]:
-    """(texts, was_single): a string becomes a one-item list; anything else must be an iterable of strings."""
-    if isinstance(inputs, str):
+def as_text_list(inputs: Any, *, takes_images: bool = False) -> tuple[list[Any], bool]:
+    """(texts, was_single): a string becomes a one-item list; anything else must be an iterable of strings.
+
+    With `takes_images` an image input (embedder.images.is_image) counts as one item, like a string.
+    """
+    if isinstance(inputs, str) or (takes_images and images.is_image(inputs, strings=False)):
         return [inputs], True
     if inputs is None or isinstance(inputs, (bytes, dict)) or not isinstance(inputs, Iterable):
         raise ValueError(f"inputs must be a string or a list of strings, got {type(inputs).__name__}")
     texts = inputs.tolist() if isinstance(inputs, np.ndarray) else list(inputs)
     for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise ValueError(f"inputs[{i}] is {type(text).__name__} ({text!r:.60}), expected str")
+        if not isinstance(text, str) and not (takes_images and images.is_image(text, strings=False)):
+            expected = "str or an image" if takes_images else "str"
+            raise ValueError(f"inputs[{i}] is {type(text).__name__} ({text!r:.60}), expected {expected}")
     return texts, False
+
+
+def as_result(
+    embeddings: torch.Tensor,
+    precision: Precision,
+    convert_to_tensor: bool,
+    convert_to_numpy: bool,
+    single: bool,
+) -> Any:
+    """Float32 embeddings as encode returns them: quantised to `precision`, as a tensor, array or list."""
+    if precision != "float32":
+        quantized = torch.from_numpy(quantize_embeddings(embeddings, precision))
+        result: Any = (
+            quantized if convert_to_tensor else quantized.numpy() if convert_to_numpy else list(quantized)
+        )
+    elif convert_to_tensor:
+        result = embeddings
+    elif convert_to_numpy:
+        result = embeddings.numpy()
+    else:
+        result = list(embeddings)
+    return result[0] if single else result
 
 
 def load_pipeline(

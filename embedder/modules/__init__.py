@@ -21,6 +21,7 @@ REGISTRY: dict[str, str] = {
     "BoW": "embedder.modules.bow:BoW",
     "CNN": "embedder.modules.cnn:CNN",
     "LSTM": "embedder.modules.lstm:LSTM",
+    "CLIPModel": "embedder.modules.clip:CLIPModel",
     "WordEmbeddings": "embedder.modules.word_embeddings:WordEmbeddings",
 }
 

@@ -256,6 +256,11 @@ class Transformer(InputModule):
             if config:
                 break
             config = load_config(path, legacy)
+        from embedder.modules.clip import CLIPModel, is_multimodal_config
+
+        if is_multimodal_config(config):
+            # sentence-transformers >= 5 saves CLIP as a Transformer whose config names a method per modality.
+            return CLIPModel.load(path, options)  # type: ignore[return-value]
         # sentence-transformers >= 5 writes *_kwargs, older versions *_args; both mean the same.
         args = {}
         for new, old in (
