@@ -19,9 +19,12 @@ def text_hash(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
-def text_hashes(texts: list[str]) -> list[str]:
-    """text_hash for each text, in order."""
-    return [hashlib.blake2b(t.encode("utf-8"), digest_size=16).hexdigest() for t in texts]
+def text_hashes(texts: list[str] | list[bytes]) -> list[str]:
+    """text_hash for each text (or image: the hash of its bytes, wherever they were read from), in order."""
+    return [
+        hashlib.blake2b(t if isinstance(t, bytes) else t.encode("utf-8"), digest_size=16).hexdigest()
+        for t in texts
+    ]
 
 
 def match_hashes(hashes: list[str | None], passthrough: pa.Table | None = None) -> list[str | None]:
@@ -94,6 +97,8 @@ NEUTRAL_FIELDS = {
     "compute.in_flight_per_replica": "scheduling",
     "compute.wait_for_resources_s": "scheduling",
     "policy.on_bad_row": "which rows are embedded, not how (the spec fingerprint covers it)",
+    "policy.max_image_bytes": "which images are embedded, not how",
+    "policy.max_image_pixels": "which images are embedded, not how",
     "policy.retries": "storage retries",
     "policy.shard_attempts": "replica retries",
     "previous": "where vectors are reused from; reuse itself needs equal settings",

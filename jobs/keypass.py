@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from jobs.buckets import bucket_count, bucket_of, bucket_sources, id_keys, partitioned_parquet
 from jobs.fingerprint import match_hashes, text_hashes
+from jobs.images import shard_reader
 from jobs.index import (
     INDEX_DIR,
     INDEX_SCHEMA,
@@ -44,7 +45,7 @@ from jobs.manifest import DELETED_DIR, OutputStore
 from jobs.plan import PlanError
 from jobs.read import ID, ROW, TEXT, iter_shard_batches
 from jobs.retry import RetryPolicy
-from jobs.rows import check_texts, duplicate_ids, raw_text_values
+from jobs.rows import check_column, duplicate_ids
 from jobs.shards import Plan, Shard
 from jobs.spec import JobSpec
 from jobs.tasks import groups_of_rows, run_tasks
@@ -256,6 +257,8 @@ def _scan(
     pieces = []
     for d in shards:
         shard = Shard.from_dict(d)
+        # Image jobs hash each image's bytes (read as a replica reads them), not its path.
+        images = shard_reader(spec, shard, policy) if with_text else None
         for batch in iter_shard_batches(shard, spec.input, READ_ROWS, policy, keys_only=not with_text):
             ids = batch.column(ID).combine_chunks()
             valid = pc.is_valid(ids)
@@ -267,11 +270,10 @@ def _scan(
                 "row": batch.column(ROW).combine_chunks(),
             }
             if with_text:
-                raw = raw_text_values(batch.column(TEXT))
-                clean, bad = check_texts(raw, max_chars=max_chars)
+                clean, bad = check_column(batch.column(TEXT), max_chars=max_chars, images=images)
                 bad_pos = {p for p, _ in bad}
                 hashes = iter(text_hashes(clean))
-                all_hashes = [None if p in bad_pos else next(hashes) for p in range(len(raw))]
+                all_hashes = [None if p in bad_pos else next(hashes) for p in range(batch.num_rows)]
                 cols["text_hash"] = pa.array(match_hashes(all_hashes, batch.select(passthrough)), pa.string())
             pieces.append(pa.table(cols).filter(valid))
     return write_bucketed(store, posixpath.join(KEYS_DIR, f"s={group:06d}.parquet"), pieces, buckets)

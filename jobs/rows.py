@@ -86,6 +86,15 @@ def check_texts(values: list, *, max_chars: int | None) -> tuple[list[str], list
     return good, bad
 
 
+def check_column(
+    column: Any, *, max_chars: int | None, images: Any = None
+) -> tuple[list[Any], list[tuple[int, str]]]:
+    """`check_texts` of an Arrow text column; with `images` (a jobs.images.ImageReader) each row's image bytes."""
+    if images is not None:
+        return images.check(column.to_pylist())
+    return check_texts(raw_text_values(column), max_chars=max_chars)
+
+
 def raw_text_values(column: Any) -> list[Any]:
     """Python values of an Arrow text column; strings go through bytes, so invalid UTF-8 is reported, not raised."""
     import pyarrow as pa

@@ -25,6 +25,8 @@ OutputFormat = Literal["auto", "parquet", "lance"]
 OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
 VectorIndex = Literal["none", "ivf_pq", "ivf_hnsw_sq", "ivf_flat"]
 VECTOR_INDEXES: tuple[str, ...] = get_args(VectorIndex)
+InputModality = Literal["text", "image"]
+INPUT_MODALITIES: tuple[str, ...] = get_args(InputModality)
 
 PACKAGE_PREFIX = "python-package:"
 
@@ -97,7 +99,12 @@ class InputSpec(_Section):
         default_factory=dict,
         description="fsspec options for reading the input (unset: credentials from the environment)",
     )
-    text_column: str = Field("text", description="the column of texts to embed")
+    text_column: str = Field("text", description="the column of texts (or images) to embed")
+    modality: InputModality = Field(
+        "text",
+        description="what text_column holds: texts, or images (a CLIP-style model): encoded bytes, or paths "
+        "or URIs relative to the input file's folder",
+    )
     id_column: str | None = Field(None, description="the column of unique row ids (unset: ids are FILE:ROW)")
     passthrough: list[str] = Field(
         default_factory=list, description="input columns copied to the output next to each vector"
@@ -192,6 +199,16 @@ class PolicySpec(_Section):
         ge=1,
         description="cut a text after this many visible characters (unset: 256 per token of the model's "
         "limit)",
+    )
+    max_image_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1,
+        description="an image file larger than this is a bad row (input.modality image)",
+    )
+    max_image_pixels: int = Field(
+        64_000_000,
+        ge=1,
+        description="an image of more pixels (width x height) is a bad row, checked before decoding",
     )
 
 

@@ -14,10 +14,11 @@ from embedder.prefetch import prefetch
 from embedder.quantize import quantization_ranges, quantize_embeddings
 from jobs.faults import maybe_fail
 from jobs.fingerprint import digest, match_hashes, settings_fingerprint, text_hashes, weights_fingerprint
+from jobs.images import shard_reader
 from jobs.keypass import read_reused
 from jobs.read import ID, ROW, TEXT, iter_shard_batches
 from jobs.retry import RetryPolicy
-from jobs.rows import BadRowsError, check_ids, check_texts, default_max_chars, merge_bad, raw_text_values
+from jobs.rows import BadRowsError, check_column, check_ids, default_max_chars, merge_bad
 from jobs.shards import Shard
 from jobs.sinks import open_sink
 from jobs.spec import JobSpec, resolve_model_name
@@ -79,6 +80,13 @@ class ShardWorker:
         self.max_chars = self.spec.policy.max_text_chars or default_max_chars(
             getattr(self.model, "max_seq_length", None)
         )
+        if self.spec.input.modality == "image" and not callable(
+            getattr(self.model[0], "preprocess_images", None)
+        ):
+            raise ShardError(
+                f"input.modality: image, but model {self.spec.model.name!r} embeds texts only "
+                f"(its first module is {type(self.model[0]).__name__}; use a CLIP-style model)"
+            )
         self._job_key = key
 
     def info(self, spec: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -143,7 +151,8 @@ class ShardWorker:
                 iter_shard_batches(Shard.from_dict(d), self.spec.input, rows_per_shard, self.policy), None
             )
             if batch is not None:
-                clean, _ = check_texts(raw_text_values(batch.column(TEXT)), max_chars=self.max_chars)
+                images = shard_reader(self.spec, Shard.from_dict(d), self.policy)
+                clean, _ = check_column(batch.column(TEXT), max_chars=self.max_chars, images=images)
                 texts += clean
         if len(texts) < 2:
             raise ShardError(
@@ -203,15 +212,15 @@ class ShardWorker:
         batch_rows = self.spec.compute.batch_size * BATCHES_PER_READ
         batches = iter_shard_batches(shard, self.spec.input, batch_rows, self.policy)
         id_type: pa.DataType | None = None
+        images = shard_reader(self.spec, shard, self.policy)  # None unless input.modality is image
         self._current = (shard.shard_id, 0)
         for batch_no, batch in enumerate(prefetch(batches, PREFETCH)):
             id_type = batch.schema.field(ID).type
             raw_ids = batch.column(ID).to_pylist()
-            raw_texts = raw_text_values(batch.column(TEXT))
-            clean, text_bad = check_texts(raw_texts, max_chars=self.max_chars)
+            clean, text_bad = check_column(batch.column(TEXT), max_chars=self.max_chars, images=images)
             bad_text_pos = {p for p, _ in text_bad}
             text_at = dict(
-                zip((p for p in range(len(raw_texts)) if p not in bad_text_pos), clean, strict=True)
+                zip((p for p in range(batch.num_rows) if p not in bad_text_pos), clean, strict=True)
             )
             rows = batch.column(ROW).to_pylist()
             listed = [(p, known[r]) for p, r in enumerate(rows) if r in known] if known else []
@@ -230,7 +239,7 @@ class ShardWorker:
                     for p, r in bad
                 ]
             bad_pos = {p for p, _ in bad}
-            keep = [p for p in range(len(raw_texts)) if p not in bad_pos]
+            keep = [p for p in range(batch.num_rows) if p not in bad_pos]
             texts = [text_at[p] for p in keep]
             batch_hashes = text_hashes(texts)
             if reusable and self.sink.keeps_unchanged:
