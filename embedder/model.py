@@ -209,6 +209,7 @@ class EmbeddingModel(torch.nn.Sequential):
         batching: encode_loop.Batching = "auto",
         output_value: OutputValue = "sentence_embedding",
         device: str | torch.device | None = None,
+        image_strings: bool = True,
     ) -> EncodeResult:
         """Embed `inputs` (a string -> 1-D vector, a list -> (n, dim)) in input order.
 
@@ -223,7 +224,9 @@ class EmbeddingModel(torch.nn.Sequential):
         `output_value="token_embeddings"` gives each text its real tokens' vectors, None its feature dict (see
         embedder.outputs); both run the padded forward. `device` moves the model there first, for good.
         A CLIP-style model also takes images (see embedder.images.is_image), alone or mixed with texts; an
-        image's vector ignores prompts and batching, and lies in the texts' space.
+        image's vector ignores prompts and batching, and lies in the texts' space. As in sentence-transformers, a
+        string naming an image file, an http(s) image URL or a data:image URI is that image, unless
+        `image_strings=False` (every string a text: for untrusted texts, which must not read files or URLs).
         """
         check_precision(precision)
         outputs.check_output_value(output_value, precision)
@@ -238,7 +241,9 @@ class EmbeddingModel(torch.nn.Sequential):
         if device is not None:
             self._move_to(device)
         sentence = output_value == "sentence_embedding"
-        image_at = [i for i, v in enumerate(texts) if takes_images and images.is_image(v, strings=True)]
+        image_at = [
+            i for i, v in enumerate(texts) if takes_images and images.is_image(v, strings=image_strings)
+        ]
         if image_at:
             if not sentence:
                 raise ValueError(
@@ -247,6 +252,7 @@ class EmbeddingModel(torch.nn.Sequential):
             kwargs = dict(
                 batch_size=batch_size, prompt=prompt, task=task, normalize_embeddings=normalize_embeddings,
                 truncate_dim=truncate_dim, max_batch_tokens=max_batch_tokens, batching=batching,
+                image_strings=image_strings,
             )  # fmt: skip
             embeddings = self._encode_with_images(texts, image_at, keep_on_device=convert_to_tensor, **kwargs)
             return as_result(embeddings, precision, convert_to_tensor, convert_to_numpy, single)

@@ -112,6 +112,8 @@ def image_problem(data: bytes, *, max_bytes: int, max_pixels: int) -> str | None
                 if width == 0 or height == 0:
                     return f"empty image ({width}x{height} pixels)"
                 image.load()
+    except Image.UnidentifiedImageError:
+        return "undecodable image (not a format Pillow reads)"
     except Exception as error:  # PIL raises many types (OSError, SyntaxError, ValueError...) for bad data
         return f"undecodable image ({type(error).__name__}: {str(error)[:200]})"
     return None

@@ -176,6 +176,8 @@ class ShardWorker:
             precision="float32" if precision == "float16" else precision,
             max_batch_tokens=c.max_batch_tokens,
             batching="tokens",
+            # A text is never read as an image file or URL; an image job hands over the bytes it read.
+            image_strings=False,
         )
         vectors = np.asarray(vectors)
         return vectors.astype(np.float16) if precision == "float16" else vectors

@@ -83,6 +83,12 @@ def test_images_as_bytes_paths_and_dicts(pair, tmp_path) -> None:
     # transformers' load_image drops a path's alpha before the processor sees it; RGB files read as their pixels.
     rgb = [k for k, im in enumerate(images) if im.mode == "RGB"]
     assert_parity(ours.encode(paths)[rgb], expected[rgb])
+    # image_strings=False: a string is always a text (the runner's texts never read files or URLs).
+    as_texts = ours.encode(paths[:2], image_strings=False)
+    for path in paths[:2]:
+        os.remove(path)  # with no file behind it, sentence-transformers reads the string as a text too
+    assert_parity(as_texts, theirs.encode(paths[:2]))
+    assert_parity(as_texts, ours.encode(paths[:2]))
 
 
 def test_mixed_images_and_texts_keep_input_order(pair) -> None:

@@ -28,8 +28,11 @@ def _embedder_conftest() -> ModuleType:
     return sys.modules[name]
 
 
-def save_tiny_clip(path: str | os.PathLike, *, seed: int = 0) -> str:
-    """Write a random tiny transformers CLIP folder to `path`/hf and its sentence-transformers save to `path`/st."""
+def save_tiny_clip(path: str | os.PathLike, *, seed: int = 0, base_size: bool = False) -> str:
+    """Write a random tiny transformers CLIP folder to `path`/hf and its sentence-transformers save to `path`/st.
+
+    `base_size`: CLIP ViT-B/32's shapes instead (224 px images, 12 + 12 layers; random weights, for benchmarks).
+    """
     from sentence_transformers import SentenceTransformer
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
@@ -49,9 +52,15 @@ def save_tiny_clip(path: str | os.PathLike, *, seed: int = 0) -> str:
         },
         projection_dim=16,
     )  # fmt: skip
+    if base_size:
+        text = {k: config.text_config.to_dict()[k] for k in ("pad_token_id", "bos_token_id", "eos_token_id")}
+        config = CLIPConfig(text_config={**text, "max_position_embeddings": 77}, projection_dim=512)
+    side = config.vision_config.image_size
     torch.manual_seed(seed)
     CLIPModel(config).eval().save_pretrained(hf)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": side}, crop_size={"height": side, "width": side}
+    )
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(hf)
     SentenceTransformer(hf, device="cpu").save(st)
     return st

@@ -225,3 +225,19 @@ def test_text_only_model_refuses_image_jobs(tmp_path, tiny_st_model) -> None:
     )
     with pytest.raises(Exception, match="input.modality: image, but model .* embeds texts only"):
         run_job(spec_for(tiny_st_model, str(tmp_path / "in"), str(tmp_path / "out")), progress=False)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_text_job_never_reads_a_text_as_an_image_file(tmp_path, clip_model, clip_oracle) -> None:
+    """input.modality text (the default) with a CLIP model: a text naming an image file stays a text."""
+    picture = tmp_path / "cat.png"
+    picture.write_bytes(good_images()[1])
+    texts = [str(picture), "a photo of a cat"]
+    os.makedirs(tmp_path / "in")
+    pq.write_table(pa.table({"id": ["a", "b"], "text": texts}), tmp_path / "in" / "t.parquet")
+    spec = spec_for(clip_model, str(tmp_path / "in"), str(tmp_path / "out"))
+    spec["input"].update(text_column="text", modality="text")
+    run_job(spec, progress=False)
+    _, got = read_vectors(str(tmp_path / "out"))
+    np.testing.assert_allclose(got, clip_oracle.encode(texts, image_strings=False), atol=1e-6, rtol=0)
+    assert not np.allclose(got[0], clip_oracle.encode(str(picture)), atol=1e-3)  # encode's default: the image
