@@ -29,7 +29,7 @@ class ImageReader:
     def __init__(
         self,
         fs: Any,
-        base: str,
+        base: str | None,
         *,
         max_bytes: int,
         max_pixels: int,
@@ -76,6 +76,11 @@ class ImageReader:
             return None, f"not an image or a path ({type(value).__name__})"
         if not value:
             return None, "empty image path"
+        if self.base is None and "://" not in value and not value.startswith("/"):
+            return (
+                None,
+                f"relative image path {value!r}, but the input has no folder (use absolute paths or URIs)",
+            )
         fs, path = self.locate(value)
         try:
             size = call_with_retries(lambda: fs.size(path), what=f"image {path}: size", policy=self.policy)
@@ -97,7 +102,7 @@ class ImageReader:
             import fsspec
 
             return fsspec.core.url_to_fs(value, **self.storage_options)
-        return self.fs, value if value.startswith("/") else posixpath.join(self.base, value)
+        return self.fs, value if value.startswith("/") else posixpath.join(self.base or "", value)
 
 
 def image_problem(data: bytes, *, max_bytes: int, max_pixels: int) -> str | None:
@@ -140,8 +145,13 @@ def shard_reader(spec: Any, shard: Any, policy: RetryPolicy) -> ImageReader | No
         return None
     from jobs.read import open_input_fs
 
-    fs, root = open_input_fs(spec.input)
-    base = posixpath.dirname(shard.path) if shard.path else root
+    if spec.input.uri:
+        fs, root = open_input_fs(spec.input)
+        base: str | None = posixpath.dirname(shard.path) if shard.path else root
+    else:  # a hub dataset has no folder: its image paths must be absolute (local) paths or URIs
+        import fsspec
+
+        fs, base = fsspec.filesystem("file"), None
     return ImageReader(
         fs,
         base,

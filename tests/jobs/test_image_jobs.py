@@ -112,6 +112,12 @@ def test_reader_resolves_paths_against_the_input_folder(tmp_path) -> None:
         (4, "not an image or a path (int)"),
         (5, "empty image path"),
     ]
+    # A hub dataset has no folder: absolute paths only.
+    no_folder = ImageReader(
+        fsspec.filesystem("file"), None, max_bytes=10**6, max_pixels=10**6, policy=RetryPolicy(attempts=1)
+    )
+    good, bad = no_folder.check([str(tmp_path / "imgs" / "a.png"), "imgs/a.png"])
+    assert good == [data] and bad[0][0] == 1 and bad[0][1].startswith("relative image path 'imgs/a.png'")
 
 
 @pytest.mark.usefixtures("ray_session")
