@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from embedder.batching import pad_rows
 from embedder.modules.base import Features, InputModule, LoadOptions, load_config, save_config
-from embedder.modules.packed_bert import PACKED_ATTENTION, PackedEncoder, packed_support
+from embedder.modules.packed import PACKED_ATTENTION, PackedForward, packed_forward, packed_support
 
 CONFIG_FILE = "sentence_bert_config.json"
 # Older sentence-transformers releases named the module config after the architecture.
@@ -97,19 +97,19 @@ class Transformer(InputModule):
             _add_lowercase(self.tokenizer)
         forward_params = inspect.signature(self.auto_model.forward).parameters
         self._input_keys = tuple(k for k in MODEL_INPUT_KEYS if k in forward_params) or MODEL_INPUT_KEYS[:2]
-        self._packed: PackedEncoder | None = None
+        self._packed: PackedForward | None = None
         self.packed_reason: str | None = None
         self.packed = packed
 
     @property
     def packed(self) -> bool:
-        """Whether forward can skip padding (BERT family only; same token embeddings); `packed_reason` says why not."""
+        """Whether forward can skip padding (see modules/packed.py; same token embeddings); `packed_reason` says why not."""
         return self._packed is not None
 
     @packed.setter
     def packed(self, value: bool) -> None:
         reason = packed_support(self.auto_model) if value else "turned off (packed=False)"
-        self._packed = PackedEncoder(self.auto_model) if reason is None else None
+        self._packed = packed_forward(self.auto_model) if reason is None else None
         self.packed_reason = reason
         if value and reason is not None:
             # Said once per load, not per batch: token batching still works, on the padded forward.

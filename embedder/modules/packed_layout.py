@@ -1,0 +1,111 @@
+"""Shared parts of the packed forwards: where each row's real tokens sit, and attention on runs of equal-length rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from embedder.modules.packed_bert import length_runs
+
+# (length) -> what one run's scores need beyond q.k: an additive float bias or a boolean mask, (.., n, n).
+ScoreMask = Callable[[int], torch.Tensor | None]
+
+
+@dataclass
+class Layout:
+    """The real tokens of a padded (batch, seq) batch, row after row: their flat index, positions and runs."""
+
+    batch: int
+    seq: int
+    index: torch.Tensor  # flat (batch * seq) index of each real token, row-major
+    positions: torch.Tensor  # each token's position in its own row, from 0
+    runs: list[tuple[int, int, int]]  # (first token, rows, length) per run of equal-length rows
+    contiguous: bool  # every row's real tokens are one block (left or right padding, no holes)
+    _masks: dict[tuple[str, int], torch.Tensor | None] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, attention_mask: torch.Tensor) -> Layout:
+        """The layout of `attention_mask` (batch, seq); 1 marks a real token."""
+        mask = attention_mask.bool()
+        batch, seq = mask.shape
+        lengths = mask.sum(dim=1)
+        counts = mask.long().cumsum(dim=1)
+        # A row is one block when its last real token sits `length - 1` columns after its first.
+        first = torch.where(mask.any(dim=1), mask.long().argmax(dim=1), 0)
+        last = torch.where(mask.any(dim=1), seq - 1 - mask.long().flip(1).argmax(dim=1), -1)
+        contiguous = bool(((last - first + 1).clamp(min=0) == lengths).all())
+        return cls(
+            batch=batch,
+            seq=seq,
+            index=mask.reshape(-1).nonzero().squeeze(1),
+            positions=(counts - 1)[mask],
+            runs=length_runs(lengths.tolist()),
+            contiguous=contiguous,
+        )
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, seq, ...) -> (tokens, ...): the real tokens only."""
+        return x.reshape(self.batch * self.seq, *x.shape[2:]).index_select(0, self.index)
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """(tokens, hidden) -> (batch, seq, hidden) with zeros on padding (every pooling masks it)."""
+        out = x.new_zeros(self.batch * self.seq, x.shape[-1])
+        out.index_copy_(0, self.index, x)
+        return out.view(self.batch, self.seq, x.shape[-1])
+
+    def mask(self, kind: str, n: int, make: ScoreMask) -> torch.Tensor | None:
+        """`make(n)`, made once per batch for each (kind, length): every layer of that kind reuses it."""
+        key = (kind, n)
+        if key not in self._masks:
+            self._masks[key] = make(n)
+        return self._masks[key]
+
+
+def runs_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: Layout,
+    scale: float,
+    *,
+    kind: str = "full",
+    make_mask: ScoreMask | None = None,
+    causal: bool = False,
+) -> torch.Tensor:
+    """Attention of packed q (tokens, heads, d) over k, v (tokens, kv_heads, d), each row on its own tokens.
+
+    One call per run of equal-length rows, with `make_mask(n)` (a bias or boolean mask for length n) or a
+    causal mask; kv_heads may divide heads (grouped-query attention). Returns (tokens, heads * d).
+    """
+    tokens, heads, d = q.shape
+    groups = heads // k.shape[1]
+    ctx = q.new_empty(tokens, heads, d)
+    for first, rows, n in layout.runs:
+        span = slice(first, first + rows * n)
+        qs, ks, vs = (t[span].view(rows, n, t.shape[1], d).transpose(1, 2) for t in (q, k, v))
+        if groups > 1:
+            ks, vs = ks.repeat_interleave(groups, dim=1), vs.repeat_interleave(groups, dim=1)
+        extra = layout.mask(kind, n, make_mask) if make_mask is not None else None
+        out = F.scaled_dot_product_attention(
+            qs, ks, vs, attn_mask=extra, is_causal=causal and extra is None, scale=scale
+        )
+        ctx[span].view(rows, n, heads, d).copy_(out.transpose(1, 2))
+    return ctx.view(tokens, heads * d)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding of packed x (tokens, heads, d) with cos/sin (tokens, d), in x's dtype."""
+    half = x.shape[-1] // 2
+    xf = x.float()
+    rotated = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
+    return (xf * cos[:, None, :].float() + rotated * sin[:, None, :].float()).to(x.dtype)
+
+
+def band_mask(n: int, before: int, after: int, device: torch.device) -> torch.Tensor:
+    """Boolean (n, n) mask: query i sees key j when i - before <= j <= i + after."""
+    i = torch.arange(n, device=device)
+    offset = i[None, :] - i[:, None]
+    return (offset >= -before) & (offset <= after)
