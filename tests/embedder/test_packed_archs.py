@@ -1,0 +1,130 @@
+"""The packed forward of MPNet, ModernBERT and the decoders, vs the Hugging Face forward and sentence-transformers."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from parity_rows import assert_parity
+from sentence_transformers import SentenceTransformer
+from tiny_archs import SIZES, SPECS, Arch, embedder_conftest, save_tiny_arch
+
+from embedder import EmbeddingModel, encode_loop
+from embedder.modules.packed import packed_forward, packed_support
+from embedder.modules.packed_layout import Layout
+
+NEW: tuple[Arch, ...] = ("mpnet", "modernbert", "qwen3", "mistral", "llama")
+PAD = {"mpnet": 1}  # MPNet derives positions from its pad id (1); the others pad with 0 here
+# Longer than Mistral's window (16) and ModernBERT's local window (8): both band masks cut into the rows.
+LENGTHS = [40, 40, 23, 17, 9, 9, 3, 1]
+SEQ = max(LENGTHS)
+
+
+def random_model(arch: Arch) -> Any:
+    """A tiny random backbone of `arch` with the test sizes and windows."""
+    spec = SPECS[arch]
+    model_class = getattr(transformers, spec.model_class)
+    config = model_class.config_class(vocab_size=60, **SIZES, pad_token_id=PAD.get(arch, 0), **spec.config)
+    torch.manual_seed(0)
+    return model_class(config).eval()
+
+
+def batch(arch: Arch, side: str, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Length-sorted random ids (as token batching makes them) and their mask, padded on `side`."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 60, (len(LENGTHS), SEQ), generator=gen)
+    mask = (torch.arange(SEQ)[None, :] < torch.tensor(LENGTHS)[:, None]).long()
+    if side == "left":
+        mask = mask.flip(1)
+    return ids.masked_fill(mask == 0, PAD.get(arch, 0)), mask
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("arch", NEW)
+def test_packed_rows_equal_each_text_alone(arch: Arch, side: str) -> None:
+    model = random_model(arch)
+    assert packed_support(model) is None
+    ids, mask = batch(arch, side)
+    with torch.inference_mode():
+        ours = packed_forward(model)(ids, mask)
+        padded = model(input_ids=ids, attention_mask=mask)[0]
+        for row, n in enumerate(LENGTHS):
+            real = mask[row].bool()
+            alone = model(
+                input_ids=ids[row : row + 1, real], attention_mask=torch.ones(1, n, dtype=torch.long)
+            )[0]
+            torch.testing.assert_close(ours[row, real], alone[0], atol=2e-6, rtol=1e-5)
+            # HF's own padded batch agrees too (RoPE is relative: left padding's shifted positions cancel).
+            torch.testing.assert_close(ours[row, real], padded[row, real], atol=2e-6, rtol=1e-5)
+            assert not ours[row, ~real].any()  # padding rows hold zeros
+
+
+@pytest.mark.parametrize("arch", ["mpnet", "qwen3"])
+def test_a_mask_with_holes_runs_the_hf_forward(arch: Arch) -> None:
+    model = random_model(arch)
+    ids, mask = batch(arch, "right")
+    mask[0, 5] = 0
+    assert not Layout.of(mask).contiguous and Layout.of(batch(arch, "left")[1]).contiguous
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            packed_forward(model)(ids, mask), model(input_ids=ids, attention_mask=mask)[0], atol=0, rtol=0
+        )
+
+
+def test_packed_support_names_what_stops_it() -> None:
+    qwen = random_model("qwen3")
+    qwen.config._attn_implementation = "flex_attention"
+    assert "_attn_implementation='flex_attention'" in packed_support(qwen)
+    modern = random_model("modernbert")
+    modern.config.layer_types = ["full_attention", "chunked_attention"]
+    assert "'chunked_attention'" in packed_support(modern)
+
+
+@pytest.mark.parametrize("arch", NEW)
+def test_default_batching_packs_with_parity(tmp_path, arch: Arch) -> None:
+    path = save_tiny_arch(tmp_path / arch, arch)
+    ours, theirs = EmbeddingModel(path, device="cpu"), SentenceTransformer(path, device="cpu")
+    assert encode_loop.resolve_batching("auto", ours, "sentence_embedding") == "tokens"
+    long = " ".join(["the big dog runs in the city"] * 6)  # 42 words: past both sliding windows
+    texts = [*embedder_conftest().SAMPLE_TEXTS, long] * 3
+    ours.stats.update(texts=0, tokens=0, padded_tokens=0)
+    default = ours.encode(texts, batch_size=4)
+    assert ours.stats["padded_tokens"] == ours.stats["tokens"]  # the packed forward ran: no padding computed
+    assert_parity(default, theirs.encode(texts, batch_size=4))
+    off = EmbeddingModel(path, device="cpu", packed=False)
+    assert_parity(default, off.encode(texts, batch_size=4, batching="tokens"))
+
+
+def test_an_architecture_without_a_packed_forward_says_so_once(tmp_path, caplog) -> None:
+    from transformers import ElectraConfig, ElectraModel
+
+    helpers = embedder_conftest()
+    path = str(tmp_path / "electra")
+    helpers.save_tiny_tokenizer(path)
+    config = ElectraConfig(
+        vocab_size=len(helpers.tiny_vocab()),
+        embedding_size=32,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+    )
+    ElectraModel(config).eval().save_pretrained(path)
+    helpers.add_st_files(path)
+    with caplog.at_level(logging.INFO, logger="embedder.modules.transformer"):
+        model = EmbeddingModel(path, device="cpu")
+        texts = helpers.SAMPLE_TEXTS * 2
+        vectors = model.encode(texts, batch_size=3, batching="tokens")
+    notes = [r.getMessage() for r in caplog.records if "packed" in r.getMessage()]
+    info = model.describe()
+    assert info["packed"] is False and "ElectraModel" in info["packed_reason"]
+    assert len(notes) == 1 and "ElectraModel" in notes[0]
+    assert encode_loop.resolve_batching("auto", model, "sentence_embedding") == "sentence-transformers"
+    assert_parity(vectors, SentenceTransformer(path, device="cpu").encode(texts, batch_size=3))
+    np.testing.assert_array_equal(
+        model.encode(texts, batch_size=3), model.encode(texts, batching="sentence-transformers", batch_size=3)
+    )
