@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from embedder.modules.packed_layout import Layout, band_mask, rotate, runs_attention
+from embedder.modules.packed_layout import FusedLinears, Layout, band_mask, rotate, runs_attention
 
 ARCHITECTURES = ("Qwen3Model", "MistralModel", "LlamaModel")
 LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -52,6 +52,7 @@ class PackedDecoder:
             raise ValueError(f"packed forward unsupported: {reason}")
         self.model = model
         self.windows = sliding_windows(model)
+        self.qkv = FusedLinears()
 
     def __call__(
         self,
@@ -68,12 +69,12 @@ class PackedDecoder:
         x = model.embed_tokens(layout.pack(input_ids))
         # Positions restart at 0 in each row, so left and right padding give the same vectors.
         cos, sin = (t[0] for t in model.rotary_emb(x, layout.positions[None, :]))
-        for layer, window in zip(model.layers, self.windows, strict=True):
+        heads, kv_heads = model.config.num_attention_heads, model.config.num_key_value_heads
+        for i, (layer, window) in enumerate(zip(model.layers, self.windows, strict=True)):
             att = layer.self_attn
             h = layer.input_layernorm(x)
-            q = att.q_proj(h).view(h.shape[0], -1, att.head_dim)
-            k = att.k_proj(h).view(h.shape[0], -1, att.head_dim)
-            v = att.v_proj(h).view(h.shape[0], -1, att.head_dim)
+            qkv = self.qkv(i, h, att.q_proj, att.k_proj, att.v_proj).view(h.shape[0], -1, att.head_dim)
+            q, k, v = qkv.split([heads, kv_heads, kv_heads], dim=1)
             if hasattr(att, "q_norm"):  # Qwen3 normalises each head's query and key
                 q, k = att.q_norm(q), att.k_norm(k)
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from embedder.modules.packed_layout import Layout, runs_attention
+from embedder.modules.packed_layout import FusedLinears, Layout, runs_attention
 
 ARCHITECTURES = ("MPNetModel",)
 # MPNetEncoder.forward calls compute_position_bias with its default bucket count, whatever the config says.
@@ -40,18 +39,7 @@ class PackedMPNet:
         if reason is not None:
             raise ValueError(f"packed forward unsupported: {reason}")
         self.model = model
-        self._qkv: dict[int, tuple[Any, torch.Tensor, torch.Tensor]] = {}
-
-    def fused_qkv(self, i: int, att: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """Q, K and V weights stacked for one GEMM, rebuilt whenever the model's weights move or change dtype."""
-        key = (att.q.weight.data_ptr(), att.q.weight.dtype, att.q.weight.device)
-        cached = self._qkv.get(i)
-        if cached is None or cached[0] != key:
-            w = torch.cat([att.q.weight, att.k.weight, att.v.weight]).contiguous()
-            b = torch.cat([att.q.bias, att.k.bias, att.v.bias]).contiguous()
-            cached = (key, w, b)
-            self._qkv[i] = cached
-        return cached[1], cached[2]
+        self.qkv = FusedLinears()
 
     def position_bias(self, n: int) -> torch.Tensor:
         """(heads, n, n) bias of one length-n sequence: buckets of key position minus query position."""
@@ -79,8 +67,7 @@ class PackedMPNet:
         for i, layer in enumerate(model.encoder.layer):
             att = layer.attention.attn
             heads = att.num_attention_heads
-            w, b = self.fused_qkv(i, att)
-            q, k, v = F.linear(x, w, b).view(-1, 3, heads, hidden // heads).unbind(1)
+            q, k, v = self.qkv(i, x, att.q, att.k, att.v).view(-1, 3, heads, hidden // heads).unbind(1)
             ctx = runs_attention(
                 q, k, v, layout, att.attention_head_size**-0.5, kind="bias", make_mask=self.position_bias
             )
