@@ -29,8 +29,8 @@ def resolve_batching(
     """`batching`, with "auto" made "tokens" where that keeps `model`'s vectors exact, else "sentence-transformers".
 
     Token batching changes which texts share a batch; that is exact only when every module computes each text
-    from its own real tokens (`rowwise`: the packed BERT forward, StaticEmbedding, Pooling, Dense, Normalize),
-    in float32 at full matmul precision (fp16/bf16 or TF32 move vectors by more than the parity bound), and
+    from its own real tokens (`rowwise`: a packed forward of modules/packed.py, StaticEmbedding, Pooling, Dense,
+    Normalize), in float32 at full matmul precision (fp16/bf16 or TF32 move vectors by more than the parity bound), and
     for float32 sentence embeddings only: token outputs keep sentence-transformers' batches and the padded
     forward, and a last-bit difference can move an int8 bucket or a binary sign, so quantised ones keep its
     batches too.
@@ -122,7 +122,7 @@ def batch_features(
 ) -> Iterator[tuple[list[int], dict[str, Any]]]:
     """(batch, features) per batch, tokenised by `first`; with `prefetch` the next batch is built in a thread.
 
-    `packed` asks BERT-family Transformers for the unpadded forward (see Transformer.forward).
+    `packed` asks Transformers for the unpadded forward (see Transformer.forward).
     """
 
     def make(batch: list[int]) -> dict[str, Any]:
