@@ -30,9 +30,9 @@ def resolve_batching(
 
     Token batching changes which texts share a batch; that is exact only when every module computes each text
     from its own real tokens (`rowwise`: a packed forward of modules/packed.py, StaticEmbedding, Pooling, Dense,
-    Normalize), in float32 at full matmul precision (fp16/bf16 or TF32 move vectors by more than the parity bound), and
-    for float32 sentence embeddings only: token outputs keep sentence-transformers' batches and the padded
-    forward, and a last-bit difference can move an int8 bucket or a binary sign, so quantised ones keep its
+    Normalize), in float32 at full matmul precision (fp16/bf16 or TF32 move vectors by more than the parity
+    bound), and for float32 sentence embeddings only: token outputs keep sentence-transformers' batches and the
+    padded forward, and a last-bit difference can move an int8 bucket or a binary sign, so quantised ones keep its
     batches too.
     """
     if batching != "auto":

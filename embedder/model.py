@@ -217,9 +217,9 @@ class EmbeddingModel(torch.nn.Sequential):
         token count, cuts batches by a padded-token budget (see encode_loop.plan) and runs the encoders and
         decoders of embedder/modules/packed.py unpadded (packed): much faster, vectors within ~6e-7 of
         sentence-transformers'. `"sentence-transformers"` sorts by characters and cuts `batch_size` texts per
-        batch as it does: bit-identical vectors (so int8 buckets match too). The default, "auto", is "tokens" where that stays exact (float32 sentence embeddings,
-        not quantised, from packed-architecture or StaticEmbedding pipelines; see
-        encode_loop.resolve_batching), else the latter.
+        batch as it does: bit-identical vectors (so int8 buckets match too). The default, "auto", is "tokens"
+        where that stays exact (float32 sentence embeddings, not quantised, from packed-architecture or
+        StaticEmbedding pipelines; see encode_loop.resolve_batching), else the latter.
         `truncate_dim` applies before `normalize_embeddings`, quantisation (`precision`) after both.
         `output_value="token_embeddings"` gives each text its real tokens' vectors, None its feature dict (see
         embedder.outputs); both run the padded forward. `device` moves the model there first, for good.
