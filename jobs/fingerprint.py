@@ -82,6 +82,10 @@ VECTOR_FIELDS = (
     "model.max_seq_length",
     "model.trust_remote_code",
     "policy.max_text_chars",
+    "chunking.enabled",
+    "chunking.max_tokens",
+    "chunking.overlap",
+    "chunking.emit",
 )
 NEUTRAL_FIELDS = {
     "model.name": "the weights fingerprint hashes the folder the name resolves to",
@@ -116,9 +120,12 @@ def settings_fingerprint(weights: str, spec: dict[str, Any], describe: Any, max_
     `max_chars` is the character cut in effect (policy.max_text_chars, or the model's default cut).
     """
     values = {}
+    chunking = (spec.get("chunking") or {}).get("enabled")
     for dotted in VECTOR_FIELDS:
         section, name = dotted.split(".")
-        values[dotted] = spec[section][name]
+        # Chunking fields count only when chunking is on, so outputs made without it keep their fingerprint.
+        if section != "chunking" or chunking:
+            values[dotted] = spec[section][name]
     values["policy.max_text_chars"] = max_chars
     pipeline = {k: v for k, v in (describe or {}).items() if k not in NEUTRAL_DESCRIBE}
     return digest(weights, values, pipeline, size=16)

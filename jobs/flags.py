@@ -60,6 +60,9 @@ JOB_FLAGS: dict[str, str] = {
     "--max-batch-tokens": "compute.max_batch_tokens",
     "--device": "compute.device",
     "--on-bad-row": "policy.on_bad_row",
+    "--chunk-tokens": "chunking.max_tokens",
+    "--chunk-overlap": "chunking.overlap",
+    "--chunk-emit": "chunking.emit",
     "--previous": "previous",
 }
 METAVARS = {

@@ -23,6 +23,8 @@ Compression = Literal["zstd", "snappy", "gzip", "lz4", "brotli", "none"]
 COMPRESSIONS: tuple[str, ...] = get_args(Compression)
 OutputFormat = Literal["auto", "parquet", "lance"]
 OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
+ChunkEmit = Literal["chunks", "documents", "both"]
+CHUNK_EMITS: tuple[str, ...] = get_args(ChunkEmit)
 VectorIndex = Literal["none", "ivf_pq", "ivf_hnsw_sq", "ivf_flat"]
 VECTOR_INDEXES: tuple[str, ...] = get_args(VectorIndex)
 InputModality = Literal["text", "image"]
@@ -212,14 +214,34 @@ class PolicySpec(_Section):
     )
 
 
+class ChunkingSpec(_Section):
+    """Long texts split into token windows, embedded one by one (off unless the section or a flag is given)."""
+
+    enabled: bool = Field(
+        False, description="split texts into windows; true once the section or any --chunk-* flag is given"
+    )
+    max_tokens: int | None = Field(
+        None,
+        ge=2,
+        description="tokens of a window, prompt and special tokens included (unset: the model's limit)",
+    )
+    overlap: int = Field(0, ge=0, description="tokens a window shares with the one before it")
+    emit: ChunkEmit = Field(
+        "chunks",
+        description="chunks: a row per window (id, chunk, char_start, char_end); documents: a row per text, "
+        "its windows' vectors averaged by tokens; both: the two in one table (chunk null on document rows)",
+    )
+
+
 class JobSpec(_Section):
-    """A whole job: model, input, output, compute and policy sections, plus an optional previous output."""
+    """A whole job: model, input, output, compute, policy and chunking sections, plus an optional previous output."""
 
     model: ModelSpec = Field(default_factory=ModelSpec)
     input: InputSpec = Field(default_factory=InputSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
     compute: ComputeSpec = Field(default_factory=ComputeSpec)
     policy: PolicySpec = Field(default_factory=PolicySpec)
+    chunking: ChunkingSpec = Field(default_factory=ChunkingSpec)
     previous: str | None = Field(
         None,
         description="an earlier output to reuse unchanged rows' vectors from, matched on id (a Lance output: "
@@ -237,6 +259,8 @@ class JobSpec(_Section):
         for name in _SECTIONS:
             if name in data and data[name] is None:
                 data[name] = {}
+        if isinstance(data.get("chunking"), dict) and "enabled" not in data["chunking"]:
+            data["chunking"] = {**data["chunking"], "enabled": True}  # giving the section turns it on
         try:
             spec = cls.model_validate(data)
         except ValidationError as e:
@@ -324,12 +348,22 @@ class JobSpec(_Section):
                 f"previous: {self.previous_uri!r} is output.uri itself; point it at an earlier run's output "
                 "(only a Lance output is updated in place)"
             )
+        ch = self.chunking
+        if ch.enabled and ch.max_tokens is not None and ch.overlap >= ch.max_tokens:
+            raise SpecError(
+                f"chunking.overlap: {ch.overlap} tokens must be fewer than chunking.max_tokens ({ch.max_tokens})"
+            )
+        if ch.enabled and ch.emit != "documents" and o.kind == "lance" and same:
+            raise SpecError(
+                f"chunking.emit: {ch.emit!r} rows cannot update a live Lance table in place yet; use emit "
+                "'documents', or a Parquet output with previous set to an earlier run"
+            )
         if self.previous and i.previous and self.previous != i.previous:
             raise SpecError(f"previous: {self.previous!r} disagrees with input.previous {i.previous!r}")
 
 
 RESERVED_COLUMNS = ("id", "embedding", "text_hash")
-_SECTIONS = ("model", "input", "output", "compute", "policy")
+_SECTIONS = ("model", "input", "output", "compute", "policy", "chunking")
 
 
 def as_spec(spec: JobSpec | dict[str, Any] | str) -> JobSpec:

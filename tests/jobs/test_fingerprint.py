@@ -21,6 +21,10 @@ CHANGED = {
     "model.max_seq_length": 16,
     "model.trust_remote_code": True,
     "policy.max_text_chars": 20,
+    "chunking.enabled": True,
+    "chunking.max_tokens": 64,
+    "chunking.overlap": 8,
+    "chunking.emit": "both",
 }
 
 
@@ -44,11 +48,19 @@ def test_every_spec_field_is_fingerprinted_or_named_neutral():
 def test_each_vector_field_changes_the_fingerprint(dotted):
     base = JobSpec.from_dict({"model": "m", "input": {"uri": "in"}, "output": {"uri": "out"}}).to_dict()
     section, name = dotted.split(".")
+    if section == "chunking" and name != "enabled":
+        base["chunking"]["enabled"] = True  # chunking's other fields count once it is on
     changed = {**base, section: {**base[section], name: CHANGED[dotted]}}
     cut = lambda d: d["policy"]["max_text_chars"] or 65536  # noqa: E731 - the effective cut
     before = settings_fingerprint("w", base, {"modules": []}, cut(base))
     after = settings_fingerprint("w", changed, {"modules": []}, cut(changed))
     assert before != after, dotted
+
+
+def test_chunking_fields_do_not_count_while_chunking_is_off():
+    base = JobSpec.from_dict({"model": "m", "input": {"uri": "in"}, "output": {"uri": "out"}}).to_dict()
+    changed = {**base, "chunking": {**base["chunking"], "max_tokens": 64, "emit": "both"}}
+    assert settings_fingerprint("w", base, {}, 100) == settings_fingerprint("w", changed, {}, 100)
 
 
 def test_packed_or_padded_forward_does_not_change_the_fingerprint():
