@@ -23,9 +23,18 @@ def _word_start(offsets: list[tuple[int, int]], k: int) -> bool:
     return k == 0 or k >= len(offsets) or offsets[k][0] > offsets[k - 1][1]
 
 
-def token_spans(n: int, offsets: list[tuple[int, int]], budget: int, overlap: int) -> list[tuple[int, int]]:
+def token_spans(
+    n: int,
+    offsets: list[tuple[int, int]],
+    budget: int,
+    overlap: int,
+    excess: Callable[[int, int], int] | None = None,
+) -> list[tuple[int, int]]:
     """Token ranges [a, b) of at most `budget` tokens covering tokens 0..n, each starting `overlap` tokens
-    before the previous one ends; edges move back (ends) or forward (starts) to word starts when one is near."""
+    before the previous one ends; edges move back (ends) or forward (starts) to word starts when one is near.
+
+    excess(a, b): tokens by which range [a, b) is over the limit on its own (its edges may tokenise
+    differently than inside the whole text); such a range ends earlier, before the next one is placed."""
     if budget < 1:
         raise ValueError(f"token windows: a window holds {budget} text tokens; need at least 1")
     if not 0 <= overlap < budget:
@@ -42,6 +51,8 @@ def token_spans(n: int, offsets: list[tuple[int, int]], budget: int, overlap: in
                 if _word_start(offsets, c):
                     b = c
                     break
+        while excess is not None and b - a > 1 and (over := excess(a, b)) > 0:
+            b = max(a + 1, b - over)
         spans.append((a, b))
         if b >= n:
             break
@@ -74,17 +85,12 @@ def split_windows(
             f"chunking.max_tokens: {max_tokens} tokens leave no room for text after the prompt and special "
             f"tokens ({overhead})"
         )
-    spans = token_spans(n, offsets, budget, overlap)
-    out = []
-    for a, b in spans:
-        while True:
-            start, end = offsets[a][0], offsets[b - 1][1]
-            excess = count([text[start:end]])[0] - max_tokens
-            if excess <= 0 or b - a <= 1:
-                break
-            b = max(a + 1, b - excess)
-        out.append(Window(start, end, b - a))
-    return out
+
+    def excess(a: int, b: int) -> int:
+        return count([text[offsets[a][0] : offsets[b - 1][1]]])[0] - max_tokens
+
+    spans = token_spans(n, offsets, budget, overlap, excess)
+    return [Window(offsets[a][0], offsets[b - 1][1], b - a) for a, b in spans]
 
 
 def pool_chunks(vectors: np.ndarray, weights: list[int] | np.ndarray, normalize: bool) -> np.ndarray:

@@ -131,8 +131,12 @@ def run_key_pass(
     store.remove_dir(WORK_DIR)
     store.remove_dir(DELETED_DIR)
     out_args = store_args(store)
-    with_text = reuse and previous is not None
     live = previous is not None and previous.live
+    ch = spec.chunking
+    # A row per window: every previous row of an id that is still there travels to its shard, where the
+    # windows whose text hash is among them take their vectors; the texts need not be read here.
+    by_id = reuse and previous is not None and not live and ch.enabled and ch.emit != "documents"
+    with_text = reuse and previous is not None and not by_id
     passthrough = list(spec.input.passthrough) if live else []
     prev_index = _previous_index(previous, store, passthrough) if previous is not None else None
     buckets = bucket_count(plan.rows)
@@ -146,7 +150,7 @@ def run_key_pass(
         for k, g in enumerate(groups_of_rows(plan.shards, lambda s: s.rows, ROWS_PER_SCAN))
     )
     scanned = [(rel, groups) for _, rel, groups in _named("scan", run_tasks(_scan, scans)) if rel]
-    ppg = _parts_per_gather(previous) if with_text and not live else 0
+    ppg = _parts_per_gather(previous) if (with_text or by_id) and not live else 0
     joins = (
         (
             out_args,
@@ -159,6 +163,7 @@ def run_key_pass(
             ppg,
             spec.policy.on_bad_row == "fail",
             with_text and live,
+            by_id,
         )
         for b in range(buckets)
     )
@@ -290,12 +295,14 @@ def _join(
     parts_per_gather: int,
     fail_fast: bool,
     live: bool,
+    by_id: bool = False,
 ) -> dict[str, Any]:
     """Ray task: one bucket's repeated ids, gone previous ids (to _deleted/) and reusable matches.
 
     new_sources / prev_sources: (file, row group) of this bucket in this run's key files and in the previous
     output's index files (prev_sources None: no previous output). live: the previous output is the table this
     run updates; the matches are written per shard and the table's other rows per fragment group (to drop).
+    by_id: every previous row of an id still in the input matches (chunking: its windows' rows).
     """
     store = open_store(out_args)
     new = read_row_groups(store, new_sources)
@@ -333,12 +340,22 @@ def _join(
         prev = prev.filter(pa.array(bucket_of(prev.column("id").combine_chunks(), buckets) == b))
     now_ids = new.column("id").combine_chunks() if new is not None else pa.array([], pa.string())
     gone = prev.filter(pc.invert(pc.is_in(prev.column("id"), value_set=now_ids)))
+    gone_ids = gone.column("id").combine_chunks()
     store.write_bytes(
         posixpath.join(DELETED_DIR, f"deleted-{b:05d}.parquet"),
-        parquet_bytes(pa.table({"id": gone.column("id").combine_chunks()}), "zstd"),
+        parquet_bytes(pa.table({"id": pc.unique(gone_ids) if by_id else gone_ids}), "zstd"),
     )
     out["deleted"] = gone.num_rows
-    if live:
+    if by_id and parts_per_gather and first is not None and prev.num_rows:
+        joined = first.select(["id", "shard", "row"]).join(
+            prev.rename_columns(["id", "text_hash", "part", "prev_row"]), keys="id", join_type="inner"
+        )
+        joined = joined.select(["shard", "row", "text_hash", "part", "prev_row"])
+        out["matched"] = joined.num_rows
+        if joined.num_rows:
+            by_gather = joined.column("part").to_numpy() // parts_per_gather
+            out["match_file"], out["match_groups"] = _write_parts(store, MATCH_DIR, b, joined, by_gather)
+    elif live:
         out.update(_live_matches(store, b, first, prev))
     elif parts_per_gather and first is not None and "text_hash" in first.column_names and prev.num_rows:
         # An id written twice by an old output would match twice; the first of each id is the one kept.
@@ -463,6 +480,23 @@ def read_reused(
         values = [None] * table.num_rows
     pairs = zip(table.column("text_hash").to_pylist(), values, strict=True)
     return dict(zip(table.column("row").to_pylist(), pairs, strict=True))
+
+
+def read_reused_rows(
+    store: OutputStore, sources: list[tuple[str, int]], shard_index: int
+) -> dict[int, list[tuple[str, Any]]]:
+    """Inside a replica, under chunking: {input row: [(text_hash, vector)]} of every previous row of its id."""
+    table = read_row_groups(store, [(f, rg) for f, rg in sources])
+    out: dict[int, list[tuple[str, Any]]] = {}
+    if table is None or table.num_rows == 0:
+        return out
+    emb = table.column("embedding").combine_chunks()
+    values = emb.flatten().to_numpy(zero_copy_only=False).reshape(len(emb), emb.type.list_size)
+    for row, h, v in zip(
+        table.column("row").to_pylist(), table.column("text_hash").to_pylist(), values, strict=True
+    ):
+        out.setdefault(row, []).append((h, v))
+    return out
 
 
 def _bad_rows(plan: Plan, repeats: list[dict[str, Any]]) -> dict[str, list[tuple[int, str]]]:

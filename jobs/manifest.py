@@ -73,6 +73,12 @@ RECORD_SCHEMA = pa.schema(
         ("seconds", pa.float64()),
         ("committed_at", pa.float64()),
         ("fragments", pa.string()),  # Lance outputs: the shard's fragments (JSON), committed with the run
+        # Chunking: input rows written (each may give several output rows), window rows among the output
+        # rows, and previous rows of changed documents not carried on; without it, texts cut at the limit.
+        ("documents", pa.int64()),
+        ("chunks", pa.int64()),
+        ("deleted", pa.int64()),
+        ("truncated", pa.int64()),
     ]
 )
 TAIL_READERS = 16  # JSON records of the tail read at once
@@ -177,7 +183,7 @@ class OutputStore:
             if name.endswith(".parquet"):
                 t = self.read_table(posixpath.relpath(name, self.root))
                 if t is not None:
-                    tables.append(t.select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA))
+                    tables.append(_as_records(t))
         tail = [posixpath.relpath(n, self.root) for n in names if n.endswith(".json")]
         if tail:
             with ThreadPoolExecutor(min(TAIL_READERS, len(tail))) as pool:
@@ -304,6 +310,14 @@ def is_owned(name: str) -> bool:
 def is_staged(name: str) -> bool:
     """A file staged by write_atomic (local disk) before its rename."""
     return name.startswith(".") and name.endswith(".tmp")
+
+
+def _as_records(table: pa.Table) -> pa.Table:
+    """A folded manifest segment in RECORD_SCHEMA; columns added since it was written read as null."""
+    for name in RECORD_SCHEMA.names:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, RECORD_SCHEMA.field(name).type))
+    return table.select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA)
 
 
 def records_to_table(records: list[dict[str, Any]]) -> pa.Table:

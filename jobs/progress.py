@@ -15,6 +15,9 @@ from jobs.redact import redact
 from jobs.shards import plan_summary
 
 
+CHUNK_COUNTS = ("documents", "chunks", "deleted", "truncated")
+
+
 def _total(table: pa.Table, column: str) -> int:
     """Sum of an integer column (0 for an empty table)."""
     return int(pc.sum(table.column(column)).as_py() or 0) if table.num_rows else 0
@@ -91,6 +94,9 @@ class Progress:
         self.tokens += record.get("tokens", 0)
         for key in ("embedded", "reused", "quarantined"):
             self.counts[key] += record.get(key, 0)
+        for key in CHUNK_COUNTS:  # per run: chunking's counts, or texts cut without it
+            if record.get(key) is not None:
+                self.counts[key] = self.counts.get(key, 0) + record[key]
         elapsed = max(1e-9, time.perf_counter() - self.started)
         if self._bar is not None:
             self._bar.set_postfix_str(f"{self.tokens / elapsed:,.0f} tok/s", refresh=False)
@@ -103,6 +109,7 @@ class Progress:
             embedded=record.get("embedded", 0),
             reused=record.get("reused", 0),
             quarantined=record.get("quarantined", 0),
+            **{k: record[k] for k in CHUNK_COUNTS if record.get(k) is not None},
             tokens=record.get("tokens", 0),
             seconds=record.get("seconds"),
             attempt=attempt,
@@ -145,8 +152,19 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"  the output: embedded {total['embedded']:,}, reused {total['reused']:,}, quarantined "
             f"{total['quarantined']:,} ({summary['skipped_shards']} shards committed by an earlier run)"
         )
+    if "chunks" in summary:
+        lines.append(
+            f"  chunking: {summary.get('documents', 0):,} documents -> {summary['chunks']:,} chunks; "
+            f"chunks embedded {summary['embedded']:,}, reused {summary['reused']:,}, deleted "
+            f"{summary.get('deleted', 0):,}"
+        )
+    elif summary.get("truncated"):
+        lines.append(
+            f"  truncated: {summary['truncated']:,} texts longer than the model's limit were cut "
+            "(--chunk-tokens splits them into windows instead)"
+        )
     lines += [
-        f"  rows: {summary['rows']:,} in = {summary.get('rows_written', 0):,} written"
+        f"  rows: {summary['rows']:,} in = {total.get('documents', summary.get('rows_written', 0)):,} written"
         f" + {total['quarantined']:,} quarantined",
         f"  embedding {summary['seconds']:.1f} s, {summary['rows_per_s'] or 0:,.1f} rows/s, "
         f"{summary['tokens_per_s'] or 0:,.0f} tokens/s",

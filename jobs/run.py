@@ -280,7 +280,9 @@ def _run(
         release_pool(pool, spec, keep_warm and not started_ray)
         pool = None
         done_rows = plan.rows - sum(s.rows for s in plan.shards if s.shard_id in committed)
-        summary = sink.on_write_complete(plan, {**bar.summary(done_rows), "deleted": keys.deleted or 0})
+        # Deleted: previous rows of ids gone (key pass), and under chunking windows gone from changed documents.
+        deleted = (keys.deleted or 0) + bar.counts.get("deleted", 0)
+        summary = sink.on_write_complete(plan, {**bar.summary(done_rows), "deleted": deleted})
         stages.mark("finish")
         summary["timings"] = stages.as_dict()
         bar.event("job_done", **summary)

@@ -349,6 +349,9 @@ class JobSpec(_Section):
                 "(only a Lance output is updated in place)"
             )
         ch = self.chunking
+        clash = [c for c in i.passthrough if c in CHUNK_COLUMNS]
+        if ch.enabled and ch.emit != "documents" and clash:
+            raise SpecError(f"input.passthrough: {clash[0]!r} clashes with a chunk column {CHUNK_COLUMNS}")
         if ch.enabled and ch.max_tokens is not None and ch.overlap >= ch.max_tokens:
             raise SpecError(
                 f"chunking.overlap: {ch.overlap} tokens must be fewer than chunking.max_tokens ({ch.max_tokens})"
@@ -363,6 +366,7 @@ class JobSpec(_Section):
 
 
 RESERVED_COLUMNS = ("id", "embedding", "text_hash")
+CHUNK_COLUMNS = ("chunk", "char_start", "char_end")  # the columns of rows per window (chunking.emit)
 _SECTIONS = ("model", "input", "output", "compute", "policy", "chunking")
 
 

@@ -10,12 +10,14 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from embedder.chunking import Chunker
 from embedder.prefetch import prefetch
 from embedder.quantize import quantization_ranges, quantize_embeddings
+from jobs.chunks import ChunkRows, chunk_rows, chunk_table
 from jobs.faults import maybe_fail
 from jobs.fingerprint import digest, match_hashes, settings_fingerprint, text_hashes, weights_fingerprint
 from jobs.images import shard_reader
-from jobs.keypass import read_reused
+from jobs.keypass import read_reused, read_reused_rows
 from jobs.read import ID, ROW, TEXT, iter_shard_batches
 from jobs.retry import RetryPolicy
 from jobs.rows import BadRowsError, check_column, check_ids, default_max_chars, merge_bad
@@ -88,6 +90,32 @@ class ShardWorker:
                 f"(its first module is {type(self.model[0]).__name__}; use a CLIP-style model)"
             )
         self._job_key = key
+        self._chunker = None
+
+    def chunker(self) -> Chunker | None:
+        """The job's window splitter (the model's fast tokenizer, limit and prompt); None when the model's first
+        module has no fast tokenizer (then chunking fails, and texts cut at the limit go uncounted)."""
+        if self._chunker is None:
+            first = self.model[0] if hasattr(self.model, "__getitem__") else None
+            tokenizer = getattr(first, "tokenizer", None)
+            limit = getattr(self.model, "max_seq_length", None)
+            ch, m = self.spec.chunking, self.spec.model
+            if tokenizer is None or not getattr(tokenizer, "is_fast", False) or not limit:
+                if ch.enabled:
+                    raise ShardError(
+                        "chunking: the model's first module has no fast tokenizer and token limit to split "
+                        f"texts with ({type(first).__name__})"
+                    )
+                return None
+            max_tokens = ch.max_tokens or limit if ch.enabled else limit
+            if max_tokens > limit:
+                raise ShardError(
+                    f"chunking.max_tokens: {max_tokens} is more than the model's limit of {limit} tokens "
+                    "(model.max_seq_length)"
+                )
+            prompt = self.model.resolve_prompt(m.prompt, m.prompt_name)
+            self._chunker = Chunker(tokenizer, max_tokens, ch.overlap if ch.enabled else 0, prompt)
+        return self._chunker
 
     def info(self, spec: dict[str, Any] | None = None) -> dict[str, Any]:
         """What _job.json records about the model under `spec`: fingerprints, dimension, dtype, pooling, limits."""
@@ -132,13 +160,37 @@ class ShardWorker:
         m = self.spec.model
         if m.precision not in ("int8", "uint8"):
             return self._vectors(texts, m.precision)
-        vectors = self._vectors(texts, "float32")
+        return self._finish(self._vectors(texts, "float32"), probe)
+
+    def _finish(self, vectors: np.ndarray, probe: bool = False) -> np.ndarray:
+        """float32 vectors in the job's precision (int8/uint8 with the job's ranges)."""
+        m = self.spec.model
+        if m.precision == "float32":
+            return vectors
+        if m.precision == "float16":
+            return vectors.astype(np.float16)
         ranges = m.int8_ranges
-        if ranges is None:
+        if m.precision in ("int8", "uint8") and ranges is None:
             if not probe:
                 raise ShardError("model.int8_ranges: not set; the driver calibrates them before any shard")
             ranges = [[-1.0] * vectors.shape[1], [1.0] * vectors.shape[1]]
-        return quantize_embeddings(vectors, m.precision, ranges=np.asarray(ranges, np.float32))
+        found = None if ranges is None else np.asarray(ranges, np.float32)
+        return quantize_embeddings(vectors, m.precision, ranges=found)
+
+    def _chunked(self, texts: list[str], hashes: list[str], emit: str, previous: Any = None) -> Any:
+        """`texts` as chunking's rows (see jobs.chunks.chunk_rows): split, embedded, pooled as `emit` asks."""
+        windows = self.chunker().split(texts)
+        return chunk_rows(
+            texts,
+            windows,
+            hashes,
+            emit,
+            lambda chunk_texts: self._vectors(chunk_texts, "float32"),
+            self._finish,
+            self.spec.model.normalize,
+            previous,
+            pool_reused=self.spec.model.precision == "float32",
+        )
 
     def calibrate(
         self, shards: list[dict[str, Any]], rows_per_shard: int, spec: dict[str, Any]
@@ -197,8 +249,12 @@ class ShardWorker:
         info = self.info()
         started = time.perf_counter()
         tokens_before = self.stats().get("tokens", 0)
-        # {input row: (text_hash, vector)} found in the previous output by the key pass.
-        reusable = read_reused(self.sink.store, task["reuse"], shard.index) if task.get("reuse") else {}
+        ch = self.spec.chunking
+        by_rows = ch.enabled and ch.emit != "documents"  # a row per window: reuse goes window by window
+        # {input row: (text_hash, vector)} found in the previous output by the key pass; by_rows: {input row:
+        # [(text_hash, vector)]} of every previous row of the row's id.
+        reader = read_reused_rows if by_rows else read_reused
+        reusable = reader(self.sink.store, task["reuse"], shard.index) if task.get("reuse") else {}
         # Rows found bad at plan time (repeated ids), by row number within the source.
         known = {int(row): reason for row, reason in task.get("bad_rows") or []}
 
@@ -210,11 +266,15 @@ class ShardWorker:
         errors: list[dict[str, Any]] = []
         reused = 0  # vectors copied from a previous output
         kept = 0  # a live table's unchanged rows, left where they are
+        embedded = 0  # chunking: windows the model embedded
+        chunks = deleted = truncated = 0
+        pieces: list[pa.Table] = []  # by_rows: each batch's rows
         filled = 0
         batch_rows = self.spec.compute.batch_size * BATCHES_PER_READ
         batches = iter_shard_batches(shard, self.spec.input, batch_rows, self.policy)
         id_type: pa.DataType | None = None
         images = shard_reader(self.spec, shard, self.policy)  # None unless input.modality is image
+        chunker = self.chunker() if images is None else None  # windows and truncation are for texts
         self._current = (shard.shard_id, 0)
         for batch_no, batch in enumerate(prefetch(batches, PREFETCH)):
             id_type = batch.schema.field(ID).type
@@ -244,6 +304,26 @@ class ShardWorker:
             keep = [p for p in range(batch.num_rows) if p not in bad_pos]
             texts = [text_at[p] for p in keep]
             batch_hashes = text_hashes(texts)
+            if not ch.enabled and chunker is not None:
+                truncated += sum(n > chunker.max_tokens for n in chunker.count(texts))
+            if by_rows:
+                maybe_fail("worker.batch", shard=shard.shard_id, shard_index=shard.index, batch=batch_no)
+                found = self._chunked(texts, batch_hashes, ch.emit, [reusable.get(rows[p], []) for p in keep])
+                take = pa.array([keep[d] for d in found.doc], pa.int64())
+                pass_cols = {c: batch.column(c).take(take).combine_chunks() for c in passthrough}
+                pieces.append(
+                    chunk_table(batch.column(ID).take(take).combine_chunks(), found, dim, dtype, pass_cols)
+                )
+                embedded, reused, deleted = (
+                    embedded + found.embedded,
+                    reused + found.reused,
+                    deleted + found.deleted,
+                )
+                chunks += sum(c is not None for c in found.chunk)
+                hashes += batch_hashes
+                filled += len(keep)
+                self._current = (shard.shard_id, self._current[1] + batch.num_rows)
+                continue
             if reusable and self.sink.keeps_unchanged:
                 stay = self._unchanged(shard, batch, rows, keep, batch_hashes, reusable)
                 if stay:
@@ -264,7 +344,17 @@ class ShardWorker:
                         to_embed.append(k)
             if to_embed:
                 maybe_fail("worker.batch", shard=shard.shard_id, shard_index=shard.index, batch=batch_no)
-                vectors[[filled + k for k in to_embed]] = self._encode([texts[k] for k in to_embed])
+                if ch.enabled:  # documents: each text's windows pooled into its vector
+                    found = self._chunked(
+                        [texts[k] for k in to_embed], [batch_hashes[k] for k in to_embed], "documents"
+                    )
+                    vectors[[filled + k for k in to_embed]] = np.asarray(found.vectors, dtype).reshape(
+                        -1, dim
+                    )
+                    embedded += found.embedded
+                else:
+                    vectors[[filled + k for k in to_embed]] = self._encode([texts[k] for k in to_embed])
+                    embedded += len(to_embed)
             take = pa.array(keep, pa.int64())
             ids.append(batch.column(ID).take(take).combine_chunks())
             for col in passthrough:
@@ -272,18 +362,39 @@ class ShardWorker:
             hashes += batch_hashes
             filled += len(keep)
             self._current = (shard.shard_id, self._current[1] + batch.num_rows)
-        table = shard_table(
-            pa.concat_arrays(ids) if ids else pa.array([], id_type or pa.string()),
-            vectors[:filled],
-            hashes,
-            {c: pa.concat_arrays(parts) for c, parts in passthrough.items()},
-        ).replace_schema_metadata({b"embedjob": json.dumps(self._provenance(info)).encode()})
+        if by_rows:
+            empty = ChunkRows()
+            table = (
+                pa.concat_tables(pieces)
+                if pieces
+                else chunk_table(
+                    pa.array([], id_type or pa.string()),
+                    empty,
+                    dim,
+                    dtype,
+                    {c: pa.array([], pa.string()) for c in passthrough},
+                )
+            )
+        else:
+            table = shard_table(
+                pa.concat_arrays(ids) if ids else pa.array([], id_type or pa.string()),
+                vectors[:filled],
+                hashes,
+                {c: pa.concat_arrays(parts) for c, parts in passthrough.items()},
+            )
+        table = table.replace_schema_metadata({b"embedjob": json.dumps(self._provenance(info)).encode()})
         err = None
         if errors:
             err = pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA)
         counts = {
-            "embedded": filled - reused,
+            "embedded": embedded,
             "reused": reused + kept,
+            # Chunking: documents written (rows_in = documents + quarantined), window rows, windows gone;
+            # without it: texts cut at the model's limit (None when the model has no tokenizer to count with).
+            "documents": filled if ch.enabled else None,
+            "chunks": (chunks if by_rows else embedded) if ch.enabled else None,
+            "deleted": deleted if by_rows else None,
+            "truncated": None if ch.enabled or chunker is None else truncated,
             "text_hash_digest": digest(hashes, size=16),
             "tokens": self.stats().get("tokens", 0) - tokens_before,
             "seconds": round(time.perf_counter() - started, 3),

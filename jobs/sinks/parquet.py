@@ -136,6 +136,9 @@ class ParquetSink(Sink):
         total = {
             k: int(pc.sum(records.column(k)).as_py() or 0) for k in ("embedded", "reused", "quarantined")
         }
+        for k in ("documents", "chunks", "truncated"):
+            if records.num_rows and records.column(k).null_count < records.num_rows:
+                total[k] = int(pc.sum(records.column(k)).as_py() or 0)
         written = int(pc.sum(records.column("rows")).as_py() or 0)
         summary = {**summary, "total": total, "rows_written": written, **self._finish(records, written)}
         summary["output"] = self.uri
@@ -227,10 +230,15 @@ def shard_record(
 
 def check_complete(plan: Plan, records: pa.Table) -> None:
     """Every planned shard has exactly one record and every input row is written or quarantined."""
+    # Under chunking a document gives several rows; what was read is the documents.
+    documents = [
+        r if d is None else d
+        for r, d in zip(records.column("rows").to_pylist(), records.column("documents").to_pylist(), strict=True)
+    ]
     by_id = dict(
         zip(
             records.column("shard_id").to_pylist(),
-            zip(records.column("rows").to_pylist(), records.column("quarantined").to_pylist(), strict=True),
+            zip(documents, records.column("quarantined").to_pylist(), strict=True),
             strict=True,
         )
     )
@@ -243,5 +251,6 @@ def check_complete(plan: Plan, records: pa.Table) -> None:
         rows, quarantined = by_id[s.shard_id]
         if rows + quarantined != s.rows:
             raise IncompleteOutput(
-                f"shard {s.index} ({s.shard_id}): {rows} rows written + {quarantined} quarantined != {s.rows} planned"
+                f"shard {s.index} ({s.shard_id}): {rows} rows (documents) written + {quarantined} quarantined "
+                f"!= {s.rows} planned"
             )

@@ -1,0 +1,122 @@
+"""Chunking: token windows, rows per window or per document, chunk-level reuse, and the truncation counts."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from embedder.chunking import Chunker, pool_chunks, split_windows, token_spans
+from jobs.spec import JobSpec, SpecError
+
+MAX_TOKENS, OVERLAP, PROMPT = 12, 3, "query: "
+# Words of the tiny models' vocabulary (tests/embedder/conftest.py).
+WORDS = "the cat dog bird road house tree river city sky sun moon star rain snow wind run walk read".split()
+
+
+def long_text(n: int, seed: int) -> str:
+    """n words of the tiny vocabulary, with a few suffixed ones (several tokens each)."""
+    rng = np.random.default_rng(seed)
+    picked = [str(rng.choice(WORDS)) for _ in range(n)]
+    return " ".join(w + "ing" if k % 7 == 3 else w for k, w in enumerate(picked))
+
+
+@pytest.fixture(scope="module")
+def model(tiny_st_model):
+    from embedder import EmbeddingModel
+
+    return EmbeddingModel(tiny_st_model, device="cpu")
+
+
+def test_token_spans_cover_every_token_with_the_overlap():
+    offsets = [(2 * k, 2 * k + 1) for k in range(10)]  # one-letter words: every token starts a word
+    assert token_spans(10, offsets, 4, 1) == [(0, 4), (3, 7), (6, 10)]
+    assert token_spans(3, offsets[:3], 4, 1) == [(0, 3)]
+    with pytest.raises(ValueError, match="overlap 4 must be >= 0 and < the 4 text tokens"):
+        token_spans(10, offsets, 4, 4)
+
+
+def test_window_edges_move_to_word_starts():
+    # "ab cd ef gh": tokens a|b c|d e|f g|h, where b, d, f, h continue a word
+    offsets = [(3 * (k // 2) + k % 2, 3 * (k // 2) + k % 2 + 1) for k in range(8)]
+    assert token_spans(8, offsets, 5, 0) == [(0, 4), (4, 8)]
+    assert token_spans(8, offsets, 5, 1) == [(0, 4), (4, 8)]  # the overlap would start inside "cd"
+
+
+def test_windows_fit_the_limit_cover_the_text_and_map_back(model):
+    chunker = Chunker(model[0].tokenizer, MAX_TOKENS, OVERLAP, PROMPT)
+    assert chunker.overhead == 4  # [CLS] query : [SEP]
+    texts = [long_text(n, seed) for seed, n in enumerate((30, 47, 5, 8))]
+    texts.append("  hello world  ")
+    offsets = model[0].tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)[
+        "offset_mapping"
+    ]
+    for text, windows, offs in zip(texts, chunker.split(texts), offsets, strict=True):
+        if len(offs) + chunker.overhead <= MAX_TOKENS:
+            assert [(w.start, w.end) for w in windows] == [(0, len(text))]  # a text that fits is one window
+            continue
+        assert len(windows) > 1
+        counts = chunker.count([text[w.start : w.end] for w in windows])
+        assert max(counts) <= MAX_TOKENS  # prompt and special tokens included: nothing is cut
+        for w in windows:
+            assert (
+                0 <= w.start < w.end <= len(text) and text[w.start : w.end].strip() == text[w.start : w.end]
+            )
+        for s, e in offs:  # every token of the text lies in a window
+            assert any(w.start <= s and e <= w.end for w in windows), (s, e)
+        for a, b in zip(windows, windows[1:], strict=False):
+            shared = sum(1 for s, e in offs if b.start <= s and e <= a.end)
+            assert 0 < shared <= OVERLAP and a.start < b.start
+
+
+def test_split_windows_shrinks_a_window_whose_text_tokenises_longer():
+    text = "abcdef"
+    offsets = [(k, k + 1) for k in range(6)]
+    # The window's text counts one token more on its own than its tokens did in the whole text.
+    windows = split_windows(text, offsets, 5, 2, 0, lambda ts: [len(t) + 2 + (len(t) > 2) for t in ts])
+    assert all(len(text[w.start : w.end]) + 2 + (w.end - w.start > 2) <= 5 for w in windows)
+    assert "".join(text[w.start : w.end] for w in windows) == text
+    with pytest.raises(ValueError, match="chunking.max_tokens: 3 tokens leave no room"):
+        split_windows(text, offsets, 3, 3, 0, lambda ts: [9] * len(ts))
+
+
+def test_pool_chunks_is_the_token_weighted_mean():
+    v = np.array([[1.0, 0.0], [0.0, 2.0]], np.float32)
+    assert np.allclose(pool_chunks(v, [3, 1], normalize=False), [0.75, 0.5])
+    assert np.allclose(pool_chunks(v, [3, 1], normalize=True), np.array([0.75, 0.5]) / np.hypot(0.75, 0.5))
+
+
+def test_spec_section_flags_and_errors(tmp_path):
+    from jobs.cli import build_parser
+    from jobs.flags import load_spec
+
+    base = {"model": "m", "input": {"uri": "in"}, "output": {"uri": "out"}}
+    assert JobSpec.from_dict(base).chunking.enabled is False
+    assert JobSpec.from_dict({**base, "chunking": None}).chunking.enabled is True
+    args = build_parser().parse_args(
+        ["run", "--model", "m", "--input", "in", "--output", "out", "--chunk-tokens", "64", "--chunk-overlap", "8",
+         "--chunk-emit", "both"]
+    )  # fmt: skip
+    ch = load_spec(args).chunking
+    assert (ch.enabled, ch.max_tokens, ch.overlap, ch.emit) == (True, 64, 8, "both")
+    with pytest.raises(
+        SpecError, match=r"chunking.overlap: 8 tokens must be fewer than chunking.max_tokens \(8\)"
+    ):
+        JobSpec.from_dict({**base, "chunking": {"max_tokens": 8, "overlap": 8}})
+    with pytest.raises(
+        SpecError, match=r"chunking.emit: 'rows' is not one of \['chunks', 'documents', 'both'\]"
+    ):
+        JobSpec.from_dict({**base, "chunking": {"emit": "rows"}})
+    with pytest.raises(SpecError, match="chunking.max_tokens: must be >= 2, got 1"):
+        JobSpec.from_dict({**base, "chunking": {"max_tokens": 1}})
+    with pytest.raises(SpecError, match="input.passthrough: 'chunk' clashes with a chunk column"):
+        JobSpec.from_dict({**base, "input": {"uri": "in", "passthrough": ["chunk"]}, "chunking": {}})
+    live = {**base, "output": {"uri": "t.lance"}, "previous": "t.lance", "chunking": {"emit": "both"}}
+    with pytest.raises(SpecError, match="chunking.emit: 'both' rows cannot update a live Lance table"):
+        JobSpec.from_dict(live)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--chunk-emit", "rows"])
