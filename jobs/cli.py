@@ -261,7 +261,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(json.dumps(hits))
     else:
         for h in hits:
-            print(f"{h['rank']:>3}  {h['score']:.4f}  {h['id']}")
+            window = (
+                f"  chunk {h['chunk']} [{h['char_start']}:{h['char_end']}]"
+                if h.get("chunk") is not None
+                else ""
+            )
+            print(f"{h['rank']:>3}  {h['score']:.4f}  {h['id']}{window}")
     return 0
 
 

@@ -11,12 +11,15 @@ import os
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from jobs.manifest import JOB_FILE, OutputStore
 from jobs.sinks import metadata_store
 from jobs.spec import OutputSpec
 
 SIMILARITIES = ("cosine", "dot")
+# What names a row besides its id in a chunked output (jobs.chunks): its window, null on document rows.
+WINDOW_COLUMNS = ("chunk", "char_start", "char_end")
 
 
 class SearchError(ValueError):
@@ -60,23 +63,28 @@ def _scores(vectors: np.ndarray, q: np.ndarray, similarity: str) -> np.ndarray:
 
 
 def search_parquet(
-    store: OutputStore, data: OutputStore, q: np.ndarray, k: int, similarity: str
+    store: OutputStore,
+    data: OutputStore,
+    q: np.ndarray,
+    k: int,
+    similarity: str,
+    windows: tuple[str, ...] = (),
 ) -> list[tuple[float, Any]]:
     """Exact top-k over every committed part file (records in `store`, files in `data`), one at a time."""
-    best: list[tuple[float, int, Any]] = []  # a min-heap of (score, tie-break, id)
+    best: list[tuple[float, int, Any]] = []  # a min-heap of (score, tie-break, row key)
     seen = 0
     records = store.records_table()
     for file in records.column("file").to_pylist():
-        table = data.read_table(file, ["id", "embedding"])
+        table = data.read_table(file, ["id", "embedding", *windows])
         if table is None or table.num_rows == 0:
             continue
         col = table.column("embedding").combine_chunks()
         vectors = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
         scores = _scores(vectors, q, similarity)
         top = np.argsort(-scores, kind="stable")[:k]
-        ids = table.column("id").to_pylist()
-        for j in top:
-            item = (float(scores[j]), -(seen + int(j)), ids[j])  # earlier rows win ties
+        keys = _row_keys(table.take(pa.array(top, pa.int64())))
+        for j, key in zip(top, keys, strict=True):
+            item = (float(scores[j]), -(seen + int(j)), key)  # earlier rows win ties
             if len(best) < k:
                 heapq.heappush(best, item)
             elif item > best[0]:
@@ -95,16 +103,22 @@ def search_lance(
     ds = lance.dataset(uri, storage_options=lance_storage_options(storage_options or {}) or None)
     metric = "cosine" if similarity == "cosine" else "dot"
     table = ds.to_table(
-        columns=["id", "_distance"],
+        columns=["id", *[c for c in WINDOW_COLUMNS if c in ds.schema.names], "_distance"],
         nearest={"column": "embedding", "q": q, "k": k, "metric": metric, "nprobes": 64, "refine_factor": 10},
     )
     # Lance's distances: cosine 1 - cos, dot 1 - dot; both back to a similarity.
     scores = 1.0 - table.column("_distance").to_numpy()
-    return list(zip(scores.tolist(), table.column("id").to_pylist(), strict=True))
+    return list(zip(scores.tolist(), _row_keys(table), strict=True))
+
+
+def _row_keys(table: pa.Table) -> list[dict[str, Any]]:
+    """Each row's id, and its window (chunk, char_start, char_end) where the output has them."""
+    return table.select(["id", *[c for c in WINDOW_COLUMNS if c in table.column_names]]).to_pylist()
 
 
 def search(uri: str, query: str, k: int = 10, storage_options: dict | None = None) -> list[dict[str, Any]]:
-    """The k rows nearest to `query` in a job's output: [{"rank", "id", "score"}], best first."""
+    """The k rows nearest to `query` in a job's output: [{"rank", "id", "score"}], best first (chunked
+    outputs: with the row's "chunk", "char_start" and "char_end")."""
     store = metadata_store(uri, storage_options)
     job = store.read_json(JOB_FILE)
     if job is None:
@@ -119,5 +133,7 @@ def search(uri: str, query: str, k: int = 10, storage_options: dict | None = Non
     if OutputSpec(**{**job["spec"]["output"], "uri": uri}).kind == "lance":
         hits = search_lance(uri, q, k, similarity, storage_options)
     else:
-        hits = search_parquet(store, OutputStore(uri, storage_options), q, k, similarity)
-    return [{"rank": n + 1, "id": i, "score": round(s, 6)} for n, (s, i) in enumerate(hits)]
+        chunking = job["spec"].get("chunking") or {}
+        windows = WINDOW_COLUMNS if chunking.get("enabled") and chunking.get("emit") != "documents" else ()
+        hits = search_parquet(store, OutputStore(uri, storage_options), q, k, similarity, windows)
+    return [{"rank": n + 1, **key, "score": round(s, 6)} for n, (s, key) in enumerate(hits)]

@@ -120,3 +120,116 @@ def test_spec_section_flags_and_errors(tmp_path):
         JobSpec.from_dict(live)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--chunk-emit", "rows"])
+
+
+def write_docs(folder, docs: dict[int, str | None]) -> str:
+    """docs {i: text} as ids doc-<i> in one Parquet file of several row groups."""
+    os.makedirs(folder, exist_ok=True)
+    ids = sorted(docs)
+    table = pa.table({"id": [f"doc-{i}" for i in ids], "text": [docs[i] for i in ids]})
+    pq.write_table(table, os.path.join(folder, "docs.parquet"), row_group_size=4)
+    return str(folder)
+
+
+def corpus_docs(n: int = 10) -> dict[int, str]:
+    """Long and short documents: some fit one window, most need several."""
+    return {i: long_text(4 if i % 4 == 0 else 20 + 3 * i, seed=100 + i) for i in range(n)}
+
+
+def chunk_spec(jobkit, model_path, inp, out, emit, **sections):
+    chunking = {"max_tokens": MAX_TOKENS, "overlap": OVERLAP, "emit": emit}
+    return jobkit.job_spec(model_path, inp, out, chunking=chunking, **sections)
+
+
+def read_rows(out: str) -> pa.Table:
+    if out.endswith(".lance"):
+        import lance
+
+        return lance.dataset(out).to_table()
+    return pq.read_table(out)
+
+
+def expected(model, texts: dict[int, str], normalize: bool = False):
+    """{id: [(char_start, char_end, text tokens)]} and the oracle's float32 vectors of every window text."""
+    chunker = Chunker(model[0].tokenizer, MAX_TOKENS, OVERLAP, None)
+    ids = sorted(texts)
+    windows = dict(zip(ids, chunker.split([texts[i] for i in ids]), strict=True))
+    return windows
+
+
+@pytest.mark.parametrize("emit", ["chunks", "documents", "both"])
+def test_chunked_job_rows_equal_encode_of_the_windows(
+    tmp_path, tiny_st_model, model, jobkit, ray_session, emit
+):
+    """Every window row is EmbeddingModel.encode of its text; a document row is the token-weighted mean."""
+    from jobs import run_job
+
+    docs = corpus_docs()
+    inp = write_docs(tmp_path / "in", docs)
+    out = str(tmp_path / "out")
+    spec = chunk_spec(jobkit, tiny_st_model, inp, out, emit, model={"normalize": True})
+    summary = run_job(spec, progress=False, keep_warm=True)
+    windows = expected(model, docs)
+    n_windows = sum(len(w) for w in windows.values())
+    assert n_windows > 2 * len(docs)  # the corpus does split
+    table = read_rows(out)
+    ids = table.column("id").to_pylist()
+    vectors = jobkit.vectors(table)
+    if emit == "documents":
+        assert table.column_names == ["id", "embedding", "text_hash"] and len(ids) == len(docs)
+        chunk = [None] * len(ids)
+    else:
+        chunk = table.column("chunk").to_pylist()
+        starts, ends = table.column("char_start").to_pylist(), table.column("char_end").to_pylist()
+    for k, (doc_id, c) in enumerate(zip(ids, chunk, strict=True)):
+        i = int(doc_id.split("-")[1])
+        wins = windows[i]
+        want_vectors = model.encode([docs[i][w.start : w.end] for w in wins], normalize_embeddings=True)
+        if c is None:
+            want = pool_chunks(want_vectors, [w.tokens for w in wins], normalize=True)
+            if len(wins) == 1:  # a text that fits: its vector is the unchunked one
+                assert np.allclose(want, model.encode([docs[i]], normalize_embeddings=True)[0], atol=1e-6)
+        else:
+            assert (starts[k], ends[k]) == (wins[c].start, wins[c].end)
+            want = want_vectors[c]
+        cos = float(vectors[k] @ want / np.linalg.norm(vectors[k]) / np.linalg.norm(want))
+        assert cos >= 0.99999 and np.abs(vectors[k] - want).max() <= 1e-4, (doc_id, c)
+    rows = {"chunks": n_windows, "documents": len(docs), "both": n_windows + len(docs)}[emit]
+    assert len(ids) == rows == summary["rows_written"]
+    assert summary["embedded"] == n_windows and summary["reused"] == 0
+    assert summary["documents"] == summary["total"]["documents"] == len(docs)
+    assert summary["chunks"] == n_windows
+    done = json.load(open(os.path.join(out, ".embedjob", "_SUCCESS")))
+    assert (done["documents"], done["chunks"], done["rows_written"]) == (len(docs), n_windows, rows)
+
+
+def test_chunks_on_lance_and_search_names_the_window(tmp_path, tiny_st_model, model, jobkit, ray_session):
+    from jobs import run_job
+    from jobs.search import search
+
+    docs = corpus_docs(8)
+    inp = write_docs(tmp_path / "in", docs)
+    out = str(tmp_path / "out.lance")
+    run_job(chunk_spec(jobkit, tiny_st_model, inp, out, "both"), progress=False, keep_warm=True)
+    table = read_rows(out)
+    windows = expected(model, docs)
+    assert table.num_rows == len(docs) + sum(len(w) for w in windows.values())
+    # A window's own text finds that window first.
+    i, c = 5, 1
+    w = windows[i][c]
+    hits = search(out, docs[i][w.start : w.end], k=3)
+    assert (hits[0]["id"], hits[0]["chunk"]) == (f"doc-{i}", c)
+    assert (hits[0]["char_start"], hits[0]["char_end"]) == (w.start, w.end)
+
+
+def test_search_on_parquet_chunks(tmp_path, tiny_st_model, model, jobkit, ray_session, capsys):
+    from jobs import run_job
+    from jobs.cli import main
+
+    docs = corpus_docs(8)
+    out = str(tmp_path / "out")
+    run_job(chunk_spec(jobkit, tiny_st_model, write_docs(tmp_path / "in", docs), out, "chunks"), progress=False)
+    w = expected(model, docs)[6][2]
+    assert main(["search", out, docs[6][w.start : w.end], "-k", "2"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.split()[2:] == ["doc-6", "chunk", "2", f"[{w.start}:{w.end}]"]
