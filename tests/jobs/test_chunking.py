@@ -228,8 +228,88 @@ def test_search_on_parquet_chunks(tmp_path, tiny_st_model, model, jobkit, ray_se
 
     docs = corpus_docs(8)
     out = str(tmp_path / "out")
-    run_job(chunk_spec(jobkit, tiny_st_model, write_docs(tmp_path / "in", docs), out, "chunks"), progress=False)
+    run_job(
+        chunk_spec(jobkit, tiny_st_model, write_docs(tmp_path / "in", docs), out, "chunks"), progress=False
+    )
     w = expected(model, docs)[6][2]
     assert main(["search", out, docs[6][w.start : w.end], "-k", "2"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first.split()[2:] == ["doc-6", "chunk", "2", f"[{w.start}:{w.end}]"]
+
+
+def test_incremental_run_embeds_only_the_changed_windows(tmp_path, tiny_st_model, model, jobkit, ray_session):
+    """Edit the middle of one document and remove another: only windows with new text are embedded."""
+    from jobs import run_job
+    from jobs.fingerprint import text_hashes
+
+    docs = corpus_docs()
+    out1 = str(tmp_path / "out1")
+    run_job(
+        chunk_spec(jobkit, tiny_st_model, write_docs(tmp_path / "in1", docs), out1, "both"),
+        progress=False,
+        keep_warm=True,
+    )
+
+    after = dict(docs)
+    words = docs[9].split()
+    middle = len(words) // 2
+    after[9] = " ".join(words[:middle] + ["moon", "star", "snow"] + words[middle:])
+    del after[5]
+    out2 = str(tmp_path / "out2")
+    spec = chunk_spec(jobkit, tiny_st_model, write_docs(tmp_path / "in2", after), out2, "both", previous=out1)
+    summary = run_job(spec, progress=False, keep_warm=True)
+
+    old, new = expected(model, docs), expected(model, after)
+    old_hashes = set(text_hashes([docs[9][w.start : w.end] for w in old[9]]))
+    new_hashes = text_hashes([after[9][w.start : w.end] for w in new[9]])
+    changed = sum(h not in old_hashes for h in new_hashes)
+    assert 0 < changed < len(new_hashes)  # the edit touched some windows, not all
+    gone_windows = sum(h not in set(new_hashes) for h in old_hashes)
+    n_windows = sum(len(w) for w in new.values())
+    assert summary["embedded"] == changed
+    # Every other window's vector comes from the previous output (the counts are of windows).
+    assert summary["reused"] == n_windows - changed
+    # Document 5's rows (its own and its windows'), doc 9's windows that are gone and its old document row.
+    assert summary["deleted"] == (1 + len(old[5])) + gone_windows + 1
+    assert summary["documents"] == len(after) and summary["chunks"] == n_windows
+    done = json.load(open(os.path.join(out2, ".embedjob", "_SUCCESS")))
+    assert (done["embedded"], done["deleted"]) == (changed, summary["deleted"])
+
+    full = str(tmp_path / "full")
+    run_job(
+        chunk_spec(jobkit, tiny_st_model, str(tmp_path / "in2"), full, "both"), progress=False, keep_warm=True
+    )
+    inc, ref = read_rows(out2), read_rows(full)
+    assert inc.select(["id", "chunk", "char_start", "char_end", "text_hash"]).equals(
+        ref.select(["id", "chunk", "char_start", "char_end", "text_hash"])
+    )
+    assert np.abs(jobkit.vectors(inc) - jobkit.vectors(ref)).max() <= 1e-4
+
+
+def test_truncated_rows_are_counted_without_chunking(tmp_path, tiny_st_model, model, jobkit, ray_session):
+    from jobs import run_job
+    from jobs.progress import format_summary
+
+    docs = {**corpus_docs(), 10: None}  # a null text, quarantined
+    out = str(tmp_path / "out")
+    spec = jobkit.job_spec(
+        tiny_st_model, write_docs(tmp_path / "in", docs), out, policy={"on_bad_row": "quarantine"}
+    )
+    summary = run_job(spec, progress=False, keep_warm=True)
+    tok = model[0].tokenizer
+    over = sum(len(tok(docs[i], truncation=False)["input_ids"]) > 32 for i in range(10))
+    assert 0 < over < 10
+    assert summary["truncated"] == summary["total"]["truncated"] == over
+    assert "chunks" not in summary and summary["rows_written"] == 10 and summary["quarantined"] == 1
+    assert json.load(open(os.path.join(out, ".embedjob", "_SUCCESS")))["truncated"] == over
+    assert f"truncated: {over} texts longer than the model's limit" in format_summary(summary)
+
+    out2 = str(tmp_path / "chunked")
+    spec = chunk_spec(
+        jobkit, tiny_st_model, str(tmp_path / "in"), out2, "chunks", policy={"on_bad_row": "quarantine"}
+    )
+    summary = run_job(spec, progress=False, keep_warm=True)
+    # Rows in = documents written + quarantined, however many windows the documents gave.
+    assert (summary["rows"], summary["documents"], summary["quarantined"]) == (11, 10, 1)
+    assert summary["rows_written"] == summary["chunks"] > 10 and "truncated" not in summary
+    assert "10 documents ->" in format_summary(summary)
