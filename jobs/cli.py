@@ -196,10 +196,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
         f"{cal['replica_tokens_per_s']:,.0f} tokens/s; here {cal['replicas_here']} replica(s): "
         f"~{cal['est_seconds_here']:,.0f} s (a cluster: divide by its replicas)"
     )
-    if cal.get("truncated_share"):
+    if cal.get("chunking"):
+        ch = cal["chunking"]
+        print(f"chunking: {ch['per_row']} windows/row on the sample -> ~{ch['est_chunks']:,} chunks")
+    elif cal.get("truncated_share"):
         print(
             f"{100 * cal['truncated_share']:.1f}% of the sampled texts are longer than the model's "
-            f"{cal['max_seq_length']} tokens: their vectors see only the first {cal['max_seq_length']}"
+            f"{cal['max_seq_length']} tokens: ~{cal['est_truncated_rows']:,} of {info['rows']:,} rows will be "
+            f"truncated (their vectors see only the first {cal['max_seq_length']} tokens); --chunk-tokens "
+            f"{cal['max_seq_length']} splits them into windows instead"
         )
     return 0
 

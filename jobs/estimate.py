@@ -45,8 +45,19 @@ def calibrate(spec: JobSpec, plan: Plan, sample: int = SAMPLE_ROWS) -> dict[str,
     seconds = max(1e-9, time.perf_counter() - started)
     tokens = worker.stats().get("tokens", 0) - before
     replicas = spec.compute.replicas or max(1, (os.cpu_count() or 1) // threads)
-    over = _longer_than(worker.model, texts, info["max_seq_length"])
+    limit = info["max_seq_length"]
+    chunker = worker.chunker() if limit else None
+    # Tokens of prompt + text with special tokens, uncut: what is over the limit is cut, or split when chunking.
+    over = None if chunker is None else sum(n > limit for n in chunker.count(texts))
+    share = None if over is None else over / len(texts)
     rows_per_s = len(texts) / seconds
+    chunks = None
+    if spec.chunking.enabled and chunker is not None:
+        windows = sum(len(w) for w in chunker.split(texts))
+        chunks = {
+            "per_row": round(windows / len(texts), 2),
+            "est_chunks": int(windows / len(texts) * plan.rows),
+        }
     return {
         "dimension": info["dimension"],
         "max_seq_length": info["max_seq_length"],
@@ -56,26 +67,12 @@ def calibrate(spec: JobSpec, plan: Plan, sample: int = SAMPLE_ROWS) -> dict[str,
         "replica_rows_per_s": round(rows_per_s, 1),
         "replica_tokens_per_s": round(tokens / seconds, 1),
         "threads_per_replica": threads,
-        "truncated_share": None if over is None else round(over / len(texts), 4),
+        "truncated_share": None if share is None else round(share, 4),
+        "est_truncated_rows": None if share is None or spec.chunking.enabled else round(share * plan.rows),
+        "chunking": chunks,
         "replicas_here": replicas,
         "est_seconds_here": round(plan.rows / (rows_per_s * replicas), 1),
     }
-
-
-def _longer_than(model: Any, texts: list[str], limit: int | None) -> int | None:
-    """How many texts have more tokens than the model reads (they are cut); None without a tokenizer."""
-    tokenizer = getattr(model[0], "tokenizer", None) if limit else None
-    if tokenizer is None:
-        return None
-    import transformers
-
-    level = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # the "longer than the maximum" notice is what is being counted
-    try:
-        ids = tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
-    finally:
-        transformers.logging.set_verbosity(level)
-    return sum(len(x) > limit for x in ids)
 
 
 def check_ids(spec: JobSpec, plan: Plan) -> dict[str, Any]:

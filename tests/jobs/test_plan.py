@@ -231,6 +231,12 @@ def test_plan_check_finds_repeated_ids_and_loads_the_model_as_the_job_would(
     assert info["calibration"]["tokens_per_row"] == pytest.approx(want, abs=0.05)
     assert info["calibration"]["dimension"] == model.get_embedding_dimension()
     assert info["calibration"]["truncated_share"] == round(1 / 30, 4)
+    assert info["calibration"]["est_truncated_rows"] == 1
+    assert main([*base, "--calibrate", "--on-bad-row", "quarantine"]) == 0
+    assert "~1 of 30 rows will be truncated" in capsys.readouterr().out
+    assert main([*base, "--calibrate", "--chunk-tokens", "16", "--json"]) == 0
+    chunking = json.loads(capsys.readouterr().out)["calibration"]["chunking"]
+    assert chunking["est_chunks"] > 30 and chunking["per_row"] > 1
 
     assert main([*base, "--check"]) == 1  # policy fail: the repeat is named, as the job would name it
     err = capsys.readouterr().err
