@@ -29,9 +29,10 @@ CHARS_PER_TOKEN = 256
 NO_LIMIT: None = None
 
 
-def default_max_chars(max_seq_length: int | None) -> int | None:
-    """The character cut for a model whose input is truncated to `max_seq_length` tokens (None: no cut)."""
-    if max_seq_length is None or max_seq_length <= 0:
+def default_max_chars(max_seq_length: int | None, chunking: bool = False) -> int | None:
+    """The character cut for a model whose input is truncated to `max_seq_length` tokens (None: no cut;
+    under chunking every token of a text is embedded, in some window, so there is none)."""
+    if chunking or max_seq_length is None or max_seq_length <= 0:
         return NO_LIMIT
     return CHARS_PER_TOKEN * int(max_seq_length)
 

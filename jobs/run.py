@@ -246,7 +246,9 @@ def _run(
             keys = KeyPassResult(deleted=done.get("deleted"))  # complete: the key pass has nothing to find
         elif keys is None and (spec.input.id_column or previous is not None):
             # Before the first shard: repeated ids fail the job (or are quarantined) before anything is embedded.
-            max_chars = spec.policy.max_text_chars or default_max_chars(info["max_seq_length"])
+            max_chars = spec.policy.max_text_chars or default_max_chars(
+                info["max_seq_length"], spec.chunking.enabled
+            )
             fp = _key_pass_fingerprint(spec, plan, job["settings_fingerprint"])
             keys = run_key_pass(spec, plan, sink.store, previous, reuse, max_chars, fp)
         keys = keys or KeyPassResult()

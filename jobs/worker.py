@@ -80,7 +80,7 @@ class ShardWorker:
         self.policy = RetryPolicy(attempts=self.spec.policy.retries)
         self.sink = open_sink(self.spec, self.policy)
         self.max_chars = self.spec.policy.max_text_chars or default_max_chars(
-            getattr(self.model, "max_seq_length", None)
+            getattr(self.model, "max_seq_length", None), self.spec.chunking.enabled
         )
         if self.spec.input.modality == "image" and not callable(
             getattr(self.model[0], "preprocess_images", None)

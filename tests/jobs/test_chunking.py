@@ -93,9 +93,11 @@ def test_pool_chunks_is_the_token_weighted_mean():
 def test_spec_section_flags_and_errors(tmp_path):
     from jobs.cli import build_parser
     from jobs.flags import load_spec
+    from jobs.rows import default_max_chars
 
     base = {"model": "m", "input": {"uri": "in"}, "output": {"uri": "out"}}
     assert JobSpec.from_dict(base).chunking.enabled is False
+    assert default_max_chars(32) == 8192 and default_max_chars(32, chunking=True) is None  # no text is cut
     assert JobSpec.from_dict({**base, "chunking": None}).chunking.enabled is True
     args = build_parser().parse_args(
         ["run", "--model", "m", "--input", "in", "--output", "out", "--chunk-tokens", "64", "--chunk-overlap", "8",
@@ -313,3 +315,22 @@ def test_truncated_rows_are_counted_without_chunking(tmp_path, tiny_st_model, mo
     assert (summary["rows"], summary["documents"], summary["quarantined"]) == (11, 10, 1)
     assert summary["rows_written"] == summary["chunks"] > 10 and "truncated" not in summary
     assert "10 documents ->" in format_summary(summary)
+
+
+def test_documents_mode_reuses_unchanged_documents(tmp_path, tiny_st_model, model, jobkit, ray_session):
+    """emit documents keeps no window vectors: an unchanged document keeps its vector, an edited one is
+    embedded again, window by window."""
+    from jobs import run_job
+
+    docs = corpus_docs()
+    out1 = str(tmp_path / "out1")
+    spec = chunk_spec(jobkit, tiny_st_model, write_docs(tmp_path / "in1", docs), out1, "documents")
+    run_job(spec, progress=False, keep_warm=True)
+    after = {**docs, 9: docs[9] + " moon"}
+    out2 = str(tmp_path / "out2")
+    spec = chunk_spec(
+        jobkit, tiny_st_model, write_docs(tmp_path / "in2", after), out2, "documents", previous=out1
+    )
+    summary = run_job(spec, progress=False, keep_warm=True)
+    assert summary["embedded"] == len(expected(model, after)[9]) and summary["reused"] == len(docs) - 1
+    assert summary["documents"] == len(docs) and summary["deleted"] == 0
