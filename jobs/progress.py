@@ -14,7 +14,6 @@ from jobs.manifest import JOB_FILE, PLAN_FILE, SUCCESS_FILE, OutputStore
 from jobs.redact import redact
 from jobs.shards import plan_summary
 
-
 CHUNK_COUNTS = ("documents", "chunks", "deleted", "truncated")
 
 

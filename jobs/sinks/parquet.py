@@ -233,7 +233,9 @@ def check_complete(plan: Plan, records: pa.Table) -> None:
     # Under chunking a document gives several rows; what was read is the documents.
     documents = [
         r if d is None else d
-        for r, d in zip(records.column("rows").to_pylist(), records.column("documents").to_pylist(), strict=True)
+        for r, d in zip(
+            records.column("rows").to_pylist(), records.column("documents").to_pylist(), strict=True
+        )
     ]
     by_id = dict(
         zip(
