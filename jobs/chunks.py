@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from embedder.chunking import Window, pool_chunks
+from embedder.chunking import Chunker, Window, pool_chunks
 from jobs.fingerprint import text_hashes
 from jobs.write import embedding_array
 
@@ -31,6 +31,31 @@ class ChunkRows:
     embedded: int = 0  # windows the model embedded
     reused: int = 0  # vectors taken from the previous output
     deleted: int = 0  # previous rows of these documents that no row of theirs carries on
+
+
+def job_chunker(model: Any, spec: Any) -> Chunker | None:
+    """The window splitter of a job (JobSpec `spec`): the model's fast tokenizer, limit and prompt; without
+    chunking, the same at the model's limit, to count the texts it cuts. None when the model's first module
+    has no fast tokenizer (texts cut go uncounted); ValueError when chunking needs one, or asks too much."""
+    first = model[0] if hasattr(model, "__getitem__") else None
+    tokenizer = getattr(first, "tokenizer", None)
+    limit = getattr(model, "max_seq_length", None)
+    ch, m = spec.chunking, spec.model
+    if tokenizer is None or not getattr(tokenizer, "is_fast", False) or not limit:
+        if ch.enabled:
+            raise ValueError(
+                "chunking: the model's first module has no fast tokenizer and token limit to split texts with "
+                f"({type(first).__name__})"
+            )
+        return None
+    max_tokens = (ch.max_tokens or limit) if ch.enabled else limit
+    if max_tokens > limit:
+        raise ValueError(
+            f"chunking.max_tokens: {max_tokens} is more than the model's limit of {limit} tokens "
+            "(model.max_seq_length)"
+        )
+    prompt = model.resolve_prompt(m.prompt, m.prompt_name)
+    return Chunker(tokenizer, max_tokens, ch.overlap if ch.enabled else 0, prompt)
 
 
 def chunk_rows(

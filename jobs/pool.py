@@ -194,6 +194,8 @@ def first_info(pool: ReplicaPool, spec: JobSpec) -> dict[str, Any]:
 
     try:
         return ray.get(pool.slots[0].actor.info.remote(spec.to_dict()))
+    except ray.exceptions.RayTaskError as e:  # the model loaded, but the job asks what it cannot do
+        raise JobError(f"{getattr(e, 'cause', None) or e}") from None
     except RayActorError as e:
         if not getattr(e, "actor_init_failed", False):
             raise

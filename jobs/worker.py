@@ -13,7 +13,7 @@ import ray
 from embedder.chunking import Chunker
 from embedder.prefetch import prefetch
 from embedder.quantize import quantization_ranges, quantize_embeddings
-from jobs.chunks import ChunkRows, chunk_rows, chunk_table
+from jobs.chunks import ChunkRows, chunk_rows, chunk_table, job_chunker
 from jobs.faults import maybe_fail
 from jobs.fingerprint import digest, match_hashes, settings_fingerprint, text_hashes, weights_fingerprint
 from jobs.images import shard_reader
@@ -93,28 +93,12 @@ class ShardWorker:
         self._chunker = None
 
     def chunker(self) -> Chunker | None:
-        """The job's window splitter (the model's fast tokenizer, limit and prompt); None when the model's first
-        module has no fast tokenizer (then chunking fails, and texts cut at the limit go uncounted)."""
+        """The job's window splitter (see jobs.chunks.job_chunker), made once per job."""
         if self._chunker is None:
-            first = self.model[0] if hasattr(self.model, "__getitem__") else None
-            tokenizer = getattr(first, "tokenizer", None)
-            limit = getattr(self.model, "max_seq_length", None)
-            ch, m = self.spec.chunking, self.spec.model
-            if tokenizer is None or not getattr(tokenizer, "is_fast", False) or not limit:
-                if ch.enabled:
-                    raise ShardError(
-                        "chunking: the model's first module has no fast tokenizer and token limit to split "
-                        f"texts with ({type(first).__name__})"
-                    )
-                return None
-            max_tokens = ch.max_tokens or limit if ch.enabled else limit
-            if max_tokens > limit:
-                raise ShardError(
-                    f"chunking.max_tokens: {max_tokens} is more than the model's limit of {limit} tokens "
-                    "(model.max_seq_length)"
-                )
-            prompt = self.model.resolve_prompt(m.prompt, m.prompt_name)
-            self._chunker = Chunker(tokenizer, max_tokens, ch.overlap if ch.enabled else 0, prompt)
+            try:
+                self._chunker = job_chunker(self.model, self.spec)
+            except ValueError as e:
+                raise ShardError(str(e)) from None
         return self._chunker
 
     def info(self, spec: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -123,7 +107,10 @@ class ShardWorker:
             self._use(spec)
         spec_dict = self.spec.to_dict()
         model_spec = spec_dict["model"]
-        key = digest(model_spec, self.max_chars)
+        key = digest(
+            model_spec, self.max_chars, spec_dict["chunking"]
+        )  # what the settings fingerprint covers
+        self.chunker()  # a chunking the model cannot do fails the job here, before any shard
         if key not in self._info:
             probe = self._encode(["probe"], probe=True)
             describe = self.model.describe() if hasattr(self.model, "describe") else {}

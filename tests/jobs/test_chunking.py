@@ -334,3 +334,35 @@ def test_documents_mode_reuses_unchanged_documents(tmp_path, tiny_st_model, mode
     summary = run_job(spec, progress=False, keep_warm=True)
     assert summary["embedded"] == len(expected(model, after)[9]) and summary["reused"] == len(docs) - 1
     assert summary["documents"] == len(docs) and summary["deleted"] == 0
+
+
+def test_windows_longer_than_the_model_reads_fail_before_any_shard(
+    tmp_path, tiny_st_model, jobkit, ray_session
+):
+    from jobs import run_job
+    from jobs.dispatch import JobError
+
+    out = str(tmp_path / "out")
+    spec = jobkit.job_spec(
+        tiny_st_model, write_docs(tmp_path / "in", corpus_docs(4)), out, chunking={"max_tokens": 64}
+    )
+    with pytest.raises(
+        JobError, match=r"chunking.max_tokens: 64 is more than the model's limit of 32 tokens"
+    ):
+        run_job(spec, progress=False, keep_warm=True)
+    assert not os.path.exists(os.path.join(out, ".embedjob", "_manifest"))
+
+
+def test_each_chunking_setting_has_its_own_fingerprint_on_a_warm_replica(
+    tmp_path, tiny_st_model, jobkit, ray_session
+):
+    """Jobs on the same warm replica that differ only in chunking get different settings fingerprints."""
+    from jobs import run_job
+
+    inp = write_docs(tmp_path / "in", corpus_docs(4))
+    found = set()
+    for k, emit in enumerate(("chunks", "both")):
+        out = str(tmp_path / f"out{k}")
+        run_job(chunk_spec(jobkit, tiny_st_model, inp, out, emit), progress=False, keep_warm=True)
+        found.add(json.load(open(os.path.join(out, ".embedjob", "_job.json")))["settings_fingerprint"])
+    assert len(found) == 2
