@@ -366,3 +366,31 @@ def test_each_chunking_setting_has_its_own_fingerprint_on_a_warm_replica(
         run_job(chunk_spec(jobkit, tiny_st_model, inp, out, emit), progress=False, keep_warm=True)
         found.add(json.load(open(os.path.join(out, ".embedjob", "_job.json")))["settings_fingerprint"])
     assert len(found) == 2
+
+
+@pytest.mark.slow  # the failing shard's retries take a minute
+def test_a_failed_chunked_run_resumes_with_every_window_once(
+    tmp_path, tiny_st_model, model, jobkit, ray_session, monkeypatch
+):
+    from jobs import faults, run_job
+
+    docs = corpus_docs(12)
+    inp = write_docs(tmp_path / "in", docs)
+    out = str(tmp_path / "out")
+    spec = chunk_spec(jobkit, tiny_st_model, inp, out, "both", output={"rows_per_file": 4})
+    monkeypatch.setenv(
+        faults.ENV_RULES, json.dumps([{"point": "worker.batch", "shard_index": 2, "action": "raise"}])
+    )
+    monkeypatch.setenv(faults.ENV_STATE, str(tmp_path / "faults"))
+    with pytest.raises(Exception, match="injected"):
+        run_job(spec, progress=False)
+    monkeypatch.delenv(faults.ENV_RULES)
+    summary = run_job(spec, progress=False, keep_warm=True)
+    windows = expected(model, docs)
+    assert summary["skipped_shards"] == 2 and summary["documents"] == 4  # only shard 2 was left to do
+    assert summary["total"]["documents"] == 12 and summary["total"]["chunks"] == sum(
+        len(w) for w in windows.values()
+    )
+    table = read_rows(out)
+    keys = list(zip(table.column("id").to_pylist(), table.column("chunk").to_pylist(), strict=True))
+    assert len(keys) == len(set(keys)) == 12 + sum(len(w) for w in windows.values())
