@@ -378,7 +378,7 @@ class ShardWorker:
             "reused": reused + kept,
             # Chunking: documents written (rows_in = documents + quarantined), window rows, windows gone;
             # without it: texts cut at the model's limit (None when the model has no tokenizer to count with).
-            "documents": filled if ch.enabled else None,
+            "documents": filled + kept if ch.enabled else None,
             "chunks": (chunks if by_rows else embedded) if ch.enabled else None,
             "deleted": deleted if by_rows else None,
             "truncated": None if ch.enabled or chunker is None else truncated,

@@ -394,3 +394,21 @@ def test_a_failed_chunked_run_resumes_with_every_window_once(
     table = read_rows(out)
     keys = list(zip(table.column("id").to_pylist(), table.column("chunk").to_pylist(), strict=True))
     assert len(keys) == len(set(keys)) == 12 + sum(len(w) for w in windows.values())
+
+
+def test_documents_mode_updates_a_live_lance_table(tmp_path, tiny_st_model, model, jobkit, ray_session):
+    from jobs import run_job
+
+    docs = corpus_docs(8)
+    out = str(tmp_path / "t.lance")
+    run_job(
+        chunk_spec(jobkit, tiny_st_model, write_docs(tmp_path / "in1", docs), out, "documents"),
+        progress=False,
+    )
+    after = {**docs, 3: docs[3] + " snow"}
+    spec = chunk_spec(
+        jobkit, tiny_st_model, write_docs(tmp_path / "in2", after), out, "documents", previous=out
+    )
+    summary = run_job(spec, progress=False, keep_warm=True)
+    assert summary["embedded"] == len(expected(model, after)[3]) and summary["reused"] == 7
+    assert summary["total"]["documents"] == 8 and read_rows(out).num_rows == 8
