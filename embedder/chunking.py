@@ -127,10 +127,14 @@ class Chunker:
 
     def count(self, texts: list[str]) -> list[int]:
         """Tokens of `prompt + text` with special tokens, uncut, per text."""
+        if not texts:
+            return []  # a tokenizer refuses an empty batch
         return [len(ids) for ids in self._ids([self.prompt + t for t in texts])]
 
     def split(self, texts: list[str]) -> list[list[Window]]:
         """The windows of each text."""
+        if not texts:
+            return []
         enc = self.tokenizer(texts, add_special_tokens=False, truncation=False, return_offsets_mapping=True)[
             "offset_mapping"
         ]

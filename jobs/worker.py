@@ -107,9 +107,8 @@ class ShardWorker:
             self._use(spec)
         spec_dict = self.spec.to_dict()
         model_spec = spec_dict["model"]
-        key = digest(
-            model_spec, self.max_chars, spec_dict["chunking"]
-        )  # what the settings fingerprint covers
+        # What the settings fingerprint covers beyond the model section: the character cut and chunking.
+        key = digest(model_spec, self.max_chars, spec_dict["chunking"])
         self.chunker()  # a chunking the model cannot do fails the job here, before any shard
         if key not in self._info:
             probe = self._encode(["probe"], probe=True)
@@ -296,11 +295,7 @@ class ShardWorker:
             if by_rows:
                 maybe_fail("worker.batch", shard=shard.shard_id, shard_index=shard.index, batch=batch_no)
                 found = self._chunked(texts, batch_hashes, ch.emit, [reusable.get(rows[p], []) for p in keep])
-                take = pa.array([keep[d] for d in found.doc], pa.int64())
-                pass_cols = {c: batch.column(c).take(take).combine_chunks() for c in passthrough}
-                pieces.append(
-                    chunk_table(batch.column(ID).take(take).combine_chunks(), found, dim, dtype, pass_cols)
-                )
+                pieces.append(self._window_table(batch, [keep[d] for d in found.doc], found, dim, dtype))
                 embedded, reused, deleted = (
                     embedded + found.embedded,
                     reused + found.reused,
@@ -350,18 +345,8 @@ class ShardWorker:
             filled += len(keep)
             self._current = (shard.shard_id, self._current[1] + batch.num_rows)
         if by_rows:
-            empty = ChunkRows()
-            table = (
-                pa.concat_tables(pieces)
-                if pieces
-                else chunk_table(
-                    pa.array([], id_type or pa.string()),
-                    empty,
-                    dim,
-                    dtype,
-                    {c: pa.array([], pa.string()) for c in passthrough},
-                )
-            )
+            empty = [chunk_table(pa.array([], id_type or pa.string()), ChunkRows(), dim, dtype, {})]
+            table = pa.concat_tables(pieces or empty)
         else:
             table = shard_table(
                 pa.concat_arrays(ids) if ids else pa.array([], id_type or pa.string()),
@@ -387,6 +372,14 @@ class ShardWorker:
             "seconds": round(time.perf_counter() - started, 3),
         }
         return self.sink.write_shard(shard, table, err, counts)
+
+    def _window_table(
+        self, batch: pa.Table, positions: list[int], rows: ChunkRows, dim: int, dtype: np.dtype
+    ) -> pa.Table:
+        """chunk_table of a batch's rows: id and passthrough values repeated for each row of a document."""
+        take = pa.array(positions, pa.int64())
+        columns = {c: batch.column(c).take(take).combine_chunks() for c in self.spec.input.passthrough}
+        return chunk_table(batch.column(ID).take(take).combine_chunks(), rows, dim, dtype, columns)
 
     def _provenance(self, info: dict[str, Any]) -> dict[str, Any]:
         """What a part file says about its vectors, so that a copy of it keeps its provenance."""

@@ -52,6 +52,7 @@ def test_windows_fit_the_limit_cover_the_text_and_map_back(model):
     assert chunker.overhead == 4  # [CLS] query : [SEP]
     texts = [long_text(n, seed) for seed, n in enumerate((30, 47, 5, 8))]
     texts.append("  hello world  ")
+    assert chunker.split([]) == [] and chunker.count([]) == []  # a batch whose rows were all quarantined
     offsets = model[0].tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)[
         "offset_mapping"
     ]
