@@ -413,3 +413,31 @@ def test_documents_mode_updates_a_live_lance_table(tmp_path, tiny_st_model, mode
     summary = run_job(spec, progress=False, keep_warm=True)
     assert summary["embedded"] == len(expected(model, after)[3]) and summary["reused"] == 7
     assert summary["total"]["documents"] == 8 and read_rows(out).num_rows == 8
+
+
+def test_quantised_document_rows_pool_the_float_vectors(tmp_path, tiny_st_model, model, jobkit, ray_session):
+    """Under ubinary, window rows are encode()'s ubinary vectors and a document row is the quantised
+    token-weighted mean of its windows' float32 vectors (not a mean of bits)."""
+    from embedder import quantize_embeddings
+    from jobs import run_job
+
+    docs = corpus_docs(6)
+    out = str(tmp_path / "out")
+    spec = chunk_spec(
+        jobkit, tiny_st_model, write_docs(tmp_path / "in", docs), out, "both", model={"precision": "ubinary"}
+    )
+    run_job(spec, progress=False, keep_warm=True)
+    table = read_rows(out)
+    windows = expected(model, docs)
+    vectors = jobkit.vectors(table)
+    for k, (doc_id, c) in enumerate(
+        zip(table.column("id").to_pylist(), table.column("chunk").to_pylist(), strict=True)
+    ):
+        i = int(doc_id.split("-")[1])
+        texts = [docs[i][w.start : w.end] for w in windows[i]]
+        if c is None:
+            pooled = pool_chunks(model.encode(texts), [w.tokens for w in windows[i]], normalize=False)
+            want = quantize_embeddings(pooled[None, :], "ubinary")[0]
+        else:
+            want = model.encode([texts[c]], precision="ubinary")[0]
+        assert vectors[k].dtype == np.uint8 and np.array_equal(vectors[k], want), (doc_id, c)
