@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from embedder.chunking import Chunker, Window, pool_chunks
 from jobs.fingerprint import text_hashes
+from jobs.spec import JobSpec
 from jobs.write import embedding_array
 
 # Previous rows of one document: (text hash, vector) per row, as the key pass gathered them.
@@ -33,7 +34,7 @@ class ChunkRows:
     deleted: int = 0  # previous rows of these documents that no row of theirs carries on
 
 
-def job_chunker(model: Any, spec: Any) -> Chunker | None:
+def job_chunker(model: Any, spec: JobSpec) -> Chunker | None:
     """The window splitter of a job (JobSpec `spec`): the model's fast tokenizer, limit and prompt; without
     chunking, the same at the model's limit, to count the texts it cuts. None when the model's first module
     has no fast tokenizer (texts cut go uncounted); ValueError when chunking needs one, or asks too much."""
