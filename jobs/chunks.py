@@ -79,15 +79,13 @@ def chunk_rows(
     window vectors are float32 and may be pooled; else a changed document's windows are all embedded anew.
     """
     prev = previous or [[] for _ in texts]
-    plans: list[
-        tuple[list[str], list[Any], Any]
-    ] = []  # per document: window hashes, reused vectors, doc vector
+    # Per document: its windows' hashes, their reused vectors (None: to embed), its reused document vector.
+    plans: list[tuple[list[str], list[Any], Any]] = []
     need: list[str] = []
     for d, (text, wins) in enumerate(zip(texts, windows, strict=True)):
         found = dict(reversed(prev[d]))  # the first row of a hash wins
         hashes = text_hashes([text[w.start : w.end] for w in wins])
-        chunk_rows_wanted = emit != "documents"
-        reused = [found.get(h) if chunk_rows_wanted else None for h in hashes]
+        reused = [found.get(h) if emit != "documents" else None for h in hashes]
         whole = None
         if emit == "both" and doc_hashes[d] in found and all(v is not None for v in reused):
             whole = found[doc_hashes[d]]
