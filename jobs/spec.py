@@ -349,6 +349,10 @@ class JobSpec(_Section):
                 "(only a Lance output is updated in place)"
             )
         ch = self.chunking
+        if ch.enabled and i.modality != "text":
+            raise SpecError(
+                f"chunking: splits texts into token windows; input.modality is {i.modality!r} (turn chunking off)"
+            )
         clash = [c for c in i.passthrough if c in CHUNK_COLUMNS]
         if ch.enabled and ch.emit != "documents" and clash:
             raise SpecError(f"input.passthrough: {clash[0]!r} clashes with a chunk column {CHUNK_COLUMNS}")

@@ -441,3 +441,14 @@ def test_quantised_document_rows_pool_the_float_vectors(tmp_path, tiny_st_model,
         else:
             want = model.encode([texts[c]], precision="ubinary")[0]
         assert vectors[k].dtype == np.uint8 and np.array_equal(vectors[k], want), (doc_id, c)
+
+
+def test_chunking_an_image_column_is_refused():
+    spec = {
+        "model": {"name": "m"},
+        "input": {"uri": "in.parquet", "modality": "image"},
+        "output": {"uri": "out"},
+        "chunking": {"max_tokens": 64},
+    }
+    with pytest.raises(SpecError, match=r"chunking: .*input.modality is 'image'"):
+        JobSpec.from_dict(spec).check()
