@@ -18,6 +18,8 @@ IGNORE_ALWAYS = [
 ]
 # Pickled weights run code when loaded; fetch them only when the caller allowed it.
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.pkl"]
+# What a non-torch backend loads, fetched in a second pass (the first skips it, and openvino's .bin with it).
+BACKEND_PATTERNS = {"onnx": ["*.onnx", "onnx/*"], "openvino": ["openvino/*"]}
 
 
 def resolve_model_path(
@@ -28,11 +30,13 @@ def resolve_model_path(
     token: bool | str | None = None,
     local_files_only: bool = False,
     allow_pickle: bool = False,
+    backend: str = "torch",
 ) -> str:
     """Return a local folder holding `name_or_path`: the folder itself, or a hub snapshot (downloaded if needed).
 
     The hub path honours HF_HUB_OFFLINE / `local_files_only` (cache only), `revision` (branch, tag or
     commit), `cache_folder` (else SENTENCE_TRANSFORMERS_HOME, else the huggingface_hub default) and `token`.
+    A non-torch `backend` also fetches the repository's files for it (e.g. onnx/*).
     """
     if isinstance(name_or_path, os.PathLike):
         name_or_path = os.fspath(name_or_path)
@@ -54,16 +58,18 @@ def resolve_model_path(
     if cache_folder is None:
         cache_folder = os.environ.get("SENTENCE_TRANSFORMERS_HOME")
     ignore = IGNORE_ALWAYS + ([] if allow_pickle else PICKLE_PATTERNS)
+    common = {
+        "revision": revision,
+        "cache_dir": cache_folder,
+        "token": token,
+        "local_files_only": local_files_only,
+        "library_name": "embedder",
+    }
     try:
-        return snapshot_download(
-            name_or_path,
-            revision=revision,
-            cache_dir=cache_folder,
-            token=token,
-            local_files_only=local_files_only,
-            ignore_patterns=ignore,
-            library_name="embedder",
-        )
+        folder = snapshot_download(name_or_path, ignore_patterns=ignore, **common)
+        if backend in BACKEND_PATTERNS:
+            folder = snapshot_download(name_or_path, allow_patterns=BACKEND_PATTERNS[backend], **common)
+        return folder
     except LocalEntryNotFoundError as e:
         where = cache_folder or "the default Hugging Face cache"
         from huggingface_hub import constants

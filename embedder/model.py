@@ -14,6 +14,7 @@ import torch
 import transformers
 
 from embedder import encode_loop, hub, images, outputs
+from embedder.backends import Backend, check_backend
 from embedder.modules import LoadOptions, Module, module_class, type_name_for
 from embedder.modules.base import read_json_file
 from embedder.modules.router import TEXT_MODALITY
@@ -61,7 +62,9 @@ class EmbeddingModel(torch.nn.Sequential):
         allow_pickle: bool = False,
         dtype: str | torch.dtype | None = None,
         packed: bool | None = None,
+        backend: Backend = "torch",
     ) -> None:
+        check_backend(backend)
         model_kwargs = dict(model_kwargs or {})
         # Shorthands for model_kwargs: dtype ("float16", torch.bfloat16...) and packed (False: HF forward).
         if dtype is not None:
@@ -74,6 +77,7 @@ class EmbeddingModel(torch.nn.Sequential):
             model_kwargs=model_kwargs,
             tokenizer_kwargs=dict(tokenizer_kwargs or {}),
             config_kwargs=dict(config_kwargs or {}),
+            backend=backend,
         )
         saved: dict[str, Any] = {}
         module_kwargs: dict[str, Any] = {}
@@ -86,6 +90,7 @@ class EmbeddingModel(torch.nn.Sequential):
                 token=token,
                 local_files_only=local_files_only,
                 allow_pickle=allow_pickle,
+                backend=backend,
             )
             loaded, saved, module_kwargs = load_pipeline(model_path, options)
         elif modules is not None:
@@ -100,6 +105,7 @@ class EmbeddingModel(torch.nn.Sequential):
         self.model_path = model_path
         self.module_kwargs = module_kwargs
         self.options = options
+        self.backend: str = getattr(self[0], "backend", "torch")
         self.prompts = {**DEFAULT_PROMPTS, **(saved.get("prompts") or {}), **(prompts or {})}
         self.prompts = {k: ("" if v is None else v) for k, v in self.prompts.items()}
         self.default_prompt_name = default_prompt_name or saved.get("default_prompt_name")
@@ -452,6 +458,8 @@ class EmbeddingModel(torch.nn.Sequential):
             # Whether token batching runs the unpadded forward, and if not, why (the padded one runs).
             "packed": packed,
             "packed_reason": None if packed else reason,
+            # Only when not torch, so outputs made before backends existed keep their settings fingerprint.
+            **({"backend": self.backend} if self.backend != "torch" else {}),
         }
 
 
@@ -539,7 +547,7 @@ def load_pipeline(
 def _default_pipeline(root: str, options: LoadOptions) -> OrderedDict[str, Module]:
     """A plain transformers folder: Transformer + mean pooling (last-token pooling for causal LMs), as ST does."""
     transformer = module_class("Transformer").load(root, options)
-    config = transformer.auto_model.config
+    config = transformer.config
     archs = getattr(config, "architectures", None) or []
     causal = bool(archs) and archs[0].endswith("ForCausalLM") and getattr(config, "is_causal", True)
     pooling = module_class("Pooling")(

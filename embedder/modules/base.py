@@ -26,6 +26,8 @@ class LoadOptions:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     tokenizer_kwargs: dict[str, Any] = field(default_factory=dict)
     config_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Where the Transformer's forward runs (embedder.backends.BACKENDS).
+    backend: str = "torch"
 
 
 class Module(torch.nn.Module):

@@ -12,6 +12,9 @@ import transformers
 from packaging.version import Version
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from embedder.backends import Backend, check_backend
+from embedder.backends.load import load_runner, split_backend_kwargs
+from embedder.backends.runtime import BackendRunner
 from embedder.batching import pad_rows
 from embedder.modules.base import Features, InputModule, LoadOptions, load_config, save_config
 from embedder.modules.packed import PACKED_ATTENTION, PackedForward, packed_forward, packed_support
@@ -57,12 +60,18 @@ class Transformer(InputModule):
         trust_remote_code: bool = False,
         allow_pickle: bool = False,
         packed: bool = True,
+        backend: Backend = "torch",
     ) -> None:
         super().__init__()
         path = model_name_or_path
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{path}: Transformer needs a local model folder (resolve hub ids first)")
-        model_args = _with_dtype(dict(model_args or {}))
+        self.backend = check_backend(backend)
+        model_args = dict(model_args or {})
+        backend_args: dict[str, Any] = {}
+        if self.backend != "torch":
+            backend_args, model_args = split_backend_kwargs(model_args)
+        model_args = _with_dtype(model_args)
         # Ours, not a from_pretrained argument: model_kwargs={"packed": False} turns the unpadded forward off.
         packed = bool(model_args.pop("packed", packed))
         tokenizer_args = dict(tokenizer_args or {})
@@ -74,13 +83,24 @@ class Transformer(InputModule):
         if "use_cache" not in config_args and getattr(config, "use_cache", False):
             # Embedding never generates: a KV cache would only hold memory (decoder backbones).
             config.use_cache = False
-        self.auto_model = AutoModel.from_pretrained(
-            path,
-            config=config,
-            trust_remote_code=trust_remote_code,
-            use_safetensors=_uses_safetensors(path, allow_pickle),
-            **model_args,
-        )
+        self.config = config
+
+        def load_torch() -> torch.nn.Module:
+            return AutoModel.from_pretrained(
+                path,
+                config=config,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=_uses_safetensors(path, allow_pickle),
+                **model_args,
+            )
+
+        # Under ONNX Runtime / OpenVINO the torch weights are only read to export a graph, never kept.
+        self.auto_model: Any = load_torch() if self.backend == "torch" else None
+        self.runner: BackendRunner | None = None
+        if self.backend != "torch":
+            self.runner = load_runner(path, self.backend, backend_args, load_torch)
+        else:
+            self.config = self.auto_model.config  # from_pretrained may copy it and set the attention kind
         self.tokenizer = AutoTokenizer.from_pretrained(
             path, trust_remote_code=trust_remote_code, **tokenizer_args
         )
@@ -95,8 +115,13 @@ class Transformer(InputModule):
         self.max_seq_length = max_seq_length
         if self.do_lower_case:
             _add_lowercase(self.tokenizer)
-        forward_params = inspect.signature(self.auto_model.forward).parameters
-        self._input_keys = tuple(k for k in MODEL_INPUT_KEYS if k in forward_params) or MODEL_INPUT_KEYS[:2]
+        if self.runner is not None:
+            self._input_keys = self.runner.input_names
+        else:
+            forward_params = inspect.signature(self.auto_model.forward).parameters
+            self._input_keys = (
+                tuple(k for k in MODEL_INPUT_KEYS if k in forward_params) or MODEL_INPUT_KEYS[:2]
+            )
         self._packed: PackedForward | None = None
         self.packed_reason: str | None = None
         self.packed = packed
@@ -108,10 +133,13 @@ class Transformer(InputModule):
 
     @packed.setter
     def packed(self, value: bool) -> None:
-        reason = packed_support(self.auto_model) if value else "turned off (packed=False)"
+        if self.runner is not None:
+            reason = f"backend {self.backend!r}"
+        else:
+            reason = packed_support(self.auto_model) if value else "turned off (packed=False)"
         self._packed = packed_forward(self.auto_model) if reason is None else None
         self.packed_reason = reason
-        if value and reason is not None:
+        if value and reason is not None and self.runner is None:
             # Said once per load, not per batch: token batching still works, on the padded forward.
             logger.info(
                 "%s has no packed (unpadded) forward; token batching runs the padded one: %s",
@@ -122,7 +150,7 @@ class Transformer(InputModule):
     @property
     def rowwise(self) -> bool:  # type: ignore[override]
         """Whether asking for the packed forward gets it: each text then sees only its own real tokens."""
-        config = self.auto_model.config
+        config = self.config
         return (
             self._packed is not None
             and not getattr(config, "output_hidden_states", False)
@@ -216,6 +244,9 @@ class Transformer(InputModule):
     def forward(self, features: Features) -> Features:
         """Run the model; add `token_embeddings` and, when the config asks for hidden states, `all_layer_embeddings`."""
         inputs = {k: features[k] for k in self._input_keys if k in features}
+        if self.runner is not None:
+            features["token_embeddings"] = self.runner(inputs)
+            return features
         # Only on request (encode's token batching): its padding rows hold zeros, not HF's values, and its
         # vectors differ from HF's in the last bit now and then, which can move an int8 bucket edge.
         if features.get(PACKED_KEY) and self._use_packed(inputs):
@@ -232,7 +263,7 @@ class Transformer(InputModule):
 
     def get_word_embedding_dimension(self) -> int:
         """Width of the token embeddings (the model's hidden size)."""
-        return int(self.auto_model.config.hidden_size)
+        return int(self.config.hidden_size)
 
     get_embedding_dimension = get_word_embedding_dimension
 
@@ -243,7 +274,12 @@ class Transformer(InputModule):
     def save(self, path: str) -> None:
         """Write the Hugging Face model (safetensors) and tokenizer files plus sentence_bert_config.json into `path`."""
         os.makedirs(path, exist_ok=True)
-        self.auto_model.save_pretrained(path, safe_serialization=True)
+        if self.runner is not None:
+            # As sentence-transformers: the config plus the graph in <backend>/, no torch weights.
+            self.config.save_pretrained(path)
+            self.runner.save(path)
+        else:
+            self.auto_model.save_pretrained(path, safe_serialization=True)
         self.tokenizer.save_pretrained(path)
         save_config(self.get_config_dict(), path, CONFIG_FILE)
 
@@ -282,9 +318,14 @@ class Transformer(InputModule):
             config_args={**args["config_args"], **options.config_kwargs},
             trust_remote_code=options.trust_remote_code,
             allow_pickle=options.allow_pickle,
+            backend=options.backend,
         )
 
     def __repr__(self) -> str:
+        if self.runner is not None:
+            return (
+                f"Transformer({self.get_config_dict()}, backend={self.backend!r}, file={self.runner.file!r})"
+            )
         return f"Transformer({self.get_config_dict()}, architecture={type(self.auto_model).__name__})"
 
 
