@@ -72,6 +72,7 @@ def weights_fingerprint(folder: str) -> str:
 VECTOR_FIELDS = (
     "model.revision",
     "model.model_kwargs",
+    "model.backend",
     "model.prompt_name",
     "model.prompt",
     "model.task",
@@ -114,6 +115,11 @@ NEUTRAL_FIELDS = {
 NEUTRAL_DESCRIBE = ("model_path", "device", "packed", "packed_reason")
 
 
+# Fields added after outputs were made, with their defaults: left out at the default, so those outputs'
+# fingerprints still match.
+LATER_FIELDS: dict[str, Any] = {"model.backend": "torch"}
+
+
 def settings_fingerprint(weights: str, spec: dict[str, Any], describe: Any, max_chars: int | None) -> str:
     """Hash of everything that changes a vector: the weights, the pipeline and every field of VECTOR_FIELDS.
 
@@ -124,8 +130,12 @@ def settings_fingerprint(weights: str, spec: dict[str, Any], describe: Any, max_
     for dotted in VECTOR_FIELDS:
         section, name = dotted.split(".")
         # Chunking fields count only when chunking is on, so outputs made without it keep their fingerprint.
-        if section != "chunking" or chunking:
-            values[dotted] = spec[section][name]
+        if section == "chunking" and not chunking:
+            continue
+        value = spec[section].get(name, LATER_FIELDS.get(dotted))
+        if dotted in LATER_FIELDS and value == LATER_FIELDS[dotted]:
+            continue
+        values[dotted] = value
     values["policy.max_text_chars"] = max_chars
     pipeline = {k: v for k, v in (describe or {}).items() if k not in NEUTRAL_DESCRIBE}
     return digest(weights, values, pipeline, size=16)

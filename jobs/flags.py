@@ -38,6 +38,7 @@ HELP_WIDTH = 76
 # flag -> the spec field it sets; the order is the order of --help.
 JOB_FLAGS: dict[str, str] = {
     "--model": "model.name",
+    "--backend": "model.backend",
     "--precision": "model.precision",
     "--normalize": "model.normalize",
     "--prompt-name": "model.prompt_name",

@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 Precision = Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+# embedder.backends.Backend, repeated so reading a spec needs no torch (a test keeps the two equal).
+ModelBackend = Literal["torch", "onnx", "openvino"]
+MODEL_BACKENDS: tuple[str, ...] = get_args(ModelBackend)
 FileFormat = Literal["parquet", "jsonl", "json", "csv"]
 FILE_FORMATS: tuple[str, ...] = get_args(FileFormat)
 InputFormat = Literal["auto", FileFormat, "hf_disk", "hf_hub", "hf_files"]
@@ -56,6 +59,11 @@ class ModelSpec(_Section):
     )
     model_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments for loading the model, e.g. {dtype: bfloat16}"
+    )
+    backend: ModelBackend = Field(
+        "torch",
+        description="where the transformer runs: torch, onnx (ONNX Runtime) or openvino; model_kwargs "
+        "file_name / provider / export / ov_config pick the file and runtime options",
     )
     prompt_name: str | None = Field(
         None, description="a prompt saved with the model, e.g. query or document, put before every text"

@@ -27,7 +27,15 @@ from jobs.spec import JobSpec, resolve_model_name
 from jobs.write import shard_table
 
 # The model fields that decide what an actor loads; the rest of a spec may change from task to task.
-LOADING_FIELDS = ("name", "revision", "model_kwargs", "max_seq_length", "trust_remote_code", "allow_pickle")
+LOADING_FIELDS = (
+    "name",
+    "revision",
+    "model_kwargs",
+    "backend",
+    "max_seq_length",
+    "trust_remote_code",
+    "allow_pickle",
+)
 PREFETCH = 2  # batches read ahead of the forward pass
 # One schema for every shard's _errors file, so the folder reads as one table even when a shard's
 # quarantined rows all have null ids.
@@ -60,6 +68,7 @@ class ShardWorker:
             device=device,
             revision=m.revision,
             model_kwargs=m.model_kwargs or None,
+            backend=m.backend,
             trust_remote_code=m.trust_remote_code,
             allow_pickle=m.allow_pickle,
         )

@@ -19,6 +19,7 @@ from jobs.spec import (
     COMPRESSIONS,
     DEVICES,
     INPUT_FORMATS,
+    MODEL_BACKENDS,
     OUTPUT_FORMATS,
     PRECISIONS,
     VECTOR_INDEXES,
@@ -60,6 +61,7 @@ def test_job_flags_take_choices_and_defaults_from_the_spec(command: str) -> None
     sub = _subparsers(build_parser())[command]
     choices = {
         "--precision": PRECISIONS,
+        "--backend": MODEL_BACKENDS,
         "--device": DEVICES,
         "--on-bad-row": BAD_ROW_POLICIES,
         "--compression": COMPRESSIONS,

@@ -11,6 +11,7 @@ from jobs.spec import JobSpec
 CHANGED = {
     "model.revision": "v2",
     "model.model_kwargs": {"dtype": "bfloat16"},
+    "model.backend": "onnx",
     "model.prompt_name": "query",
     "model.prompt": "query: ",
     "model.task": "document",
@@ -61,6 +62,16 @@ def test_chunking_fields_do_not_count_while_chunking_is_off():
     base = JobSpec.from_dict({"model": "m", "input": {"uri": "in"}, "output": {"uri": "out"}}).to_dict()
     changed = {**base, "chunking": {**base["chunking"], "max_tokens": 64, "emit": "both"}}
     assert settings_fingerprint("w", base, {}, 100) == settings_fingerprint("w", changed, {}, 100)
+
+
+def test_the_torch_backend_keeps_fingerprints_made_before_backends_existed():
+    spec = JobSpec.from_dict({"model": "m", "input": {"uri": "in"}, "output": {"uri": "out"}}).to_dict()
+    assert spec["model"]["backend"] == "torch"
+    older = {**spec, "model": {k: v for k, v in spec["model"].items() if k != "backend"}}
+    before = settings_fingerprint("w", older, {"modules": []}, 100)
+    assert settings_fingerprint("w", spec, {"modules": []}, 100) == before
+    onnx = {**spec, "model": {**spec["model"], "backend": "onnx"}}
+    assert settings_fingerprint("w", onnx, {"modules": []}, 100) != before
 
 
 def test_packed_or_padded_forward_does_not_change_the_fingerprint():

@@ -13,6 +13,7 @@ from jobs.spec import (
     Device,
     InputFormat,
     JobSpec,
+    ModelBackend,
     OutputFormat,
     Precision,
     SpecError,
@@ -72,6 +73,7 @@ def test_errors_name_the_field(patch, field):
     ("dotted", "choices"),
     [
         ("model.precision", Precision),
+        ("model.backend", ModelBackend),
         ("input.format", InputFormat),
         ("output.compression", Compression),
         ("output.format", OutputFormat),
