@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -20,7 +21,6 @@ import numpy as np
 from bench import corpus as corpus_mod
 from bench import metrics
 from bench.limits import compute_bound, gemm_peak
-from bench.onnx_system import ort_available
 from bench.paired import default_variants
 from bench.sampler import TreeSampler, work_processes
 from embedder.encode_loop import CPU_BATCH_TOKENS
@@ -28,6 +28,7 @@ from embedder.encode_loop import CPU_BATCH_TOKENS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARITY_MIN_COS, PARITY_MAX_ABS = 0.99999, 1e-4
 REFERENCE = "st_b32"
+BACKEND_PACKAGES = {"onnx": "onnxruntime", "openvino": "openvino"}
 
 
 @dataclass
@@ -81,6 +82,7 @@ def plan_runs(a: argparse.Namespace, best_bs: int | None) -> list[Run]:
     """Every run of the harness, in order; `best_bs` is filled in once the sweep has run."""
     budget = a.max_batch_tokens or CPU_BATCH_TOKENS
     mbt = ["--max-batch-tokens", str(budget)]
+    b32 = ["--batch-sizes", "32"]
     # Rows per encode call (streamed) and per output file (job): the same at every corpus size, so the
     # 1x and Nx runs differ only in how many of them there are.
     stream = ["--chunk-size", "200"]
@@ -115,7 +117,7 @@ def plan_runs(a: argparse.Namespace, best_bs: int | None) -> list[Run]:
             mode="ray",
             workers=2,
         ),
-        Run("ours_b32", "ours encode b32", "ours_encode", "main", ["--batch-sizes", "32"]),
+        Run("ours_b32", "ours encode b32", "ours_encode", "main", b32),
         Run("ours_budget", f"ours encode {budget} tok/batch", "ours_encode", "main", mbt),
         Run("job", "our job 1×2cpu", "our_job", "main", job, mode="ray"),
         Run(
@@ -155,7 +157,16 @@ def plan_runs(a: argparse.Namespace, best_bs: int | None) -> list[Run]:
             table="paired",
         ),
         Run("profile", "our encode stage profile", "profile", "sweep", mbt, table="profile"),
-        Run("onnx", "ONNX Runtime (optional)", "onnx", "main", mbt),
+        Run(
+            "ours_onnx", "ours encode b32, backend='onnx'", "ours_encode", "main", [*b32, "--backend", "onnx"]
+        ),
+        Run(
+            "ours_openvino",
+            "ours encode b32, backend='openvino'",
+            "ours_encode",
+            "main",
+            [*b32, "--backend", "openvino"],
+        ),
     ]
     keep = set(a.only.split(",")) if a.only else None
     skip = set(filter(None, a.skip.split(",")))
@@ -330,8 +341,9 @@ def main(argv: list[str] | None = None) -> int:
             if best_bs == 32 and "st_b32" in results:
                 results["st_best"] = results["st_b32"]
                 continue
-        if run.system == "onnx" and not ort_available():
-            print("[bench] onnx: skipped (onnxruntime not installed; set BENCH_ORT_PATH)", file=sys.stderr)
+        backend = run.args[run.args.index("--backend") + 1] if "--backend" in run.args else None
+        if backend and importlib.util.find_spec(BACKEND_PACKAGES[backend]) is None:
+            print(f"[bench] {run.key}: skipped (pip install 'embedjob[{backend}]')", file=sys.stderr)
             continue
         measured = os.path.join(a.out, "runs", run.key, "measured.json")
         if ("all" in reuse or run.key in reuse) and os.path.exists(measured):

@@ -100,13 +100,13 @@ def run_st_pool(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_ours_encode(args: argparse.Namespace) -> dict[str, Any]:
     """Our `EmbeddingModel.encode` in this process: sentence-transformers' batches of a fixed size, or token
-    batches with `--max-batch-tokens`."""
+    batches with `--max-batch-tokens`; the transformer on `--backend` (torch, or our onnx/openvino export)."""
     import torch
 
     from embedder import EmbeddingModel
 
     ids, texts = read_input(args.input)
-    model = EmbeddingModel(model_path(), device="cpu")
+    model = EmbeddingModel(model_path(), device="cpu", backend=args.backend)
     kwargs: dict[str, Any] = {
         "batch_size": args.batch_sizes[0],
         "max_batch_tokens": args.max_batch_tokens,
@@ -119,7 +119,14 @@ def run_ours_encode(args: argparse.Namespace) -> dict[str, Any]:
     wall, cpu = time.perf_counter() - t0, cpu_now() - c0
     np.save(os.path.join(args.out, "emb.npy"), np.asarray(emb))
     counted = {k: int(model.stats[k] - before.get(k, 0)) for k in ("texts", "tokens", "padded_tokens")}
-    return {"wall_s": wall, "cpu_s": cpu, **kwargs, "counted": counted, "threads": torch.get_num_threads()}
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        **kwargs,
+        "backend": args.backend,
+        "counted": counted,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def run_ours_stream(args: argparse.Namespace) -> dict[str, Any]:
@@ -176,10 +183,10 @@ SYSTEMS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
 
 
 def register_extra() -> None:
-    """Add the systems that live in other files (Ray recipe, our job, ONNX Runtime, stage profile)."""
-    from bench import extra_systems, job_overhead, onnx_system, paired, profile_stages
+    """Add the systems that live in other files (Ray recipe, our job, stage profile)."""
+    from bench import extra_systems, job_overhead, paired, profile_stages
 
-    for module in (extra_systems, job_overhead, onnx_system, paired, profile_stages):
+    for module in (extra_systems, job_overhead, paired, profile_stages):
         SYSTEMS.update(module.SYSTEMS)
 
 
@@ -198,6 +205,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--set-threads", action="store_true")
     p.add_argument("--rows-per-batch", type=int, default=256)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--backend", default="torch", help="ours_encode: torch, onnx or openvino")
     p.add_argument(
         "--variants", default=None, help="paired: comma-separated variants, the first is the reference"
     )
