@@ -105,7 +105,10 @@ class EmbeddingModel(torch.nn.Sequential):
         self.model_path = model_path
         self.module_kwargs = module_kwargs
         self.options = options
-        self.backend: str = getattr(self[0], "backend", "torch")
+        if backend != "torch" and not any(getattr(m, "backend", None) == backend for m in self.modules()):
+            names = [type(m).__name__ for m in self]
+            raise ValueError(f"backend={backend!r} runs Transformer modules; this pipeline has none: {names}")
+        self.backend: str = backend
         self.prompts = {**DEFAULT_PROMPTS, **(saved.get("prompts") or {}), **(prompts or {})}
         self.prompts = {k: ("" if v is None else v) for k, v in self.prompts.items()}
         self.default_prompt_name = default_prompt_name or saved.get("default_prompt_name")

@@ -67,6 +67,22 @@ def test_a_bad_backend_lists_the_choices(tiny_bert_dir):
         EmbeddingModel(tiny_bert_dir(st=True), backend="tensorrt", device="cpu")
 
 
+def test_a_backend_needs_a_transformer_module(tmp_path):
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from embedder.modules.static_embedding import StaticEmbedding
+
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    static = StaticEmbedding(tok, embedding_weights=torch.zeros(2, 4))
+    with pytest.raises(
+        ValueError,
+        match=r"backend='onnx' runs Transformer modules; this pipeline has none: \['StaticEmbedding'\]",
+    ):
+        EmbeddingModel(modules=[static], backend="onnx", device="cpu")
+
+
 @pytest.mark.parametrize("backend", EXPORTED)
 def test_an_export_matches_torch_and_sentence_transformers(backend, tiny_bert_dir, sample_texts, caplog):
     path = tiny_bert_dir(st=True, normalize=True)
