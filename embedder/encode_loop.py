@@ -24,7 +24,12 @@ UNPADDED_BATCH_TEXTS = 4096
 
 
 def resolve_batching(
-    batching: Batching, model: torch.nn.Module, output_value: str | None, precision: str = "float32"
+    batching: Batching,
+    model: torch.nn.Module,
+    output_value: str | None,
+    precision: str = "float32",
+    *,
+    compute_precision: str = "float32",
 ) -> Batching:
     """`batching`, with "auto" made "tokens" where that keeps `model`'s vectors exact, else "sentence-transformers".
 
@@ -33,10 +38,18 @@ def resolve_batching(
     Normalize), in float32 at full matmul precision (fp16/bf16 or TF32 move vectors by more than the parity
     bound), and for float32 sentence embeddings only: token outputs keep sentence-transformers' batches and the
     padded forward, and a last-bit difference can move an int8 bucket or a binary sign, so quantised ones keep its
-    batches too.
+    batches too. A reduced `compute_precision` (bf16/fp16 autocast) moves vectors by far more than batching
+    does, so there "auto" takes the fast path ("tokens") for every rowwise float32 sentence embedding.
     """
     if batching != "auto":
         return batching
+    if compute_precision != "float32":
+        fast = (
+            output_value == "sentence_embedding"
+            and precision == "float32"
+            and all(getattr(m, "rowwise", False) for m in model.children())
+        )
+        return "tokens" if fast else "sentence-transformers"
     exact = (
         output_value == "sentence_embedding"
         and precision == "float32"

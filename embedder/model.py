@@ -15,6 +15,12 @@ import transformers
 
 from embedder import encode_loop, hub, images, outputs
 from embedder.backends import Backend, check_backend
+from embedder.compute_precision import (
+    ComputePrecision,
+    check_compute_precision,
+    compute_context,
+    warn_if_emulated,
+)
 from embedder.modules import LoadOptions, Module, module_class, type_name_for
 from embedder.modules.base import read_json_file
 from embedder.modules.router import TEXT_MODALITY
@@ -63,8 +69,15 @@ class EmbeddingModel(torch.nn.Sequential):
         dtype: str | torch.dtype | None = None,
         packed: bool | None = None,
         backend: Backend = "torch",
+        compute_precision: ComputePrecision = "float32",
     ) -> None:
         check_backend(backend)
+        check_compute_precision(compute_precision)
+        if backend != "torch" and compute_precision != "float32":
+            raise ValueError(
+                f"compute_precision {compute_precision!r} runs torch autocast; backend {backend!r} runs its own "
+                "graph (set its precision through model_kwargs, e.g. OpenVINO's ov_config)"
+            )
         model_kwargs = dict(model_kwargs or {})
         # Shorthands for model_kwargs: dtype ("float16", torch.bfloat16...) and packed (False: HF forward).
         if dtype is not None:
@@ -134,6 +147,7 @@ class EmbeddingModel(torch.nn.Sequential):
         self._target_device = torch.device(device)
         self.to(self._target_device)
         self.eval()
+        self.compute_precision = compute_precision
 
     # --- properties -------------------------------------------------------------------------------------
     @property
@@ -141,6 +155,17 @@ class EmbeddingModel(torch.nn.Sequential):
         """Where the forward pass runs."""
         param = next(self.parameters(), None)
         return param.device if param is not None else self._target_device
+
+    @property
+    def compute_precision(self) -> str:
+        """The dtype the matrix products run in: float32, or bfloat16/float16 autocast (see compute_precision.py)."""
+        return self._compute_precision
+
+    @compute_precision.setter
+    def compute_precision(self, value: str) -> None:
+        check_compute_precision(value)
+        self._compute_precision = value
+        warn_if_emulated(value, self.device)
 
     @property
     def max_seq_length(self) -> int | None:
@@ -236,11 +261,16 @@ class EmbeddingModel(torch.nn.Sequential):
         image's vector ignores prompts and batching, and lies in the texts' space. As in sentence-transformers, a
         string naming an image file, an http(s) image URL or a data:image URI is that image, unless
         `image_strings=False` (every string a text: for untrusted texts, which must not read files or URLs).
+
+        The model's `compute_precision` (bfloat16/float16) runs the matrix products under autocast, packed or
+        padded forward alike; vectors come back float32.
         """
         check_precision(precision)
         outputs.check_output_value(output_value, precision)
         encode_loop.check_batching(batching)
-        batching = encode_loop.resolve_batching(batching, self, output_value, precision)
+        batching = encode_loop.resolve_batching(
+            batching, self, output_value, precision, compute_precision=self.compute_precision
+        )
         if batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
         takes_images = images.accepts_images(self[0])
@@ -287,7 +317,8 @@ class EmbeddingModel(torch.nn.Sequential):
         def count(batch: list[int], features: dict[str, Any]) -> None:
             self._count(features, [lengths[i] for i in batch])
 
-        with torch.inference_mode():
+        reduced = self.compute_precision != "float32"
+        with torch.inference_mode(), compute_context(self.compute_precision, self.device):
             if not sentence:
                 rows = outputs.collect(
                     encode_loop.forward(self, items, self.device, on_batch=count), len(texts), output_value,
@@ -299,7 +330,10 @@ class EmbeddingModel(torch.nn.Sequential):
                 self,
                 items,
                 self.device,
-                postprocess=lambda emb: encode_loop.finish(emb, truncate_dim, normalize_embeddings),
+                # Reduced compute precision still hands back float32 vectors (a Dense head may end in bf16).
+                postprocess=lambda emb: encode_loop.finish(
+                    emb.float() if reduced else emb, truncate_dim, normalize_embeddings
+                ),
                 on_batch=count,
                 keep_on_device=convert_to_tensor,
             )
@@ -458,6 +492,7 @@ class EmbeddingModel(torch.nn.Sequential):
             "truncate_dim": self.truncate_dim,
             "device": str(self.device),
             "dtype": str(param.dtype).removeprefix("torch.") if param is not None else None,
+            "compute_precision": self.compute_precision,
             # Whether token batching runs the unpadded forward, and if not, why (the padded one runs).
             "packed": packed,
             "packed_reason": None if packed else reason,
