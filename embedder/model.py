@@ -492,12 +492,12 @@ class EmbeddingModel(torch.nn.Sequential):
             "truncate_dim": self.truncate_dim,
             "device": str(self.device),
             "dtype": str(param.dtype).removeprefix("torch.") if param is not None else None,
-            "compute_precision": self.compute_precision,
             # Whether token batching runs the unpadded forward, and if not, why (the padded one runs).
             "packed": packed,
             "packed_reason": None if packed else reason,
-            # Only when not torch, so outputs made before backends existed keep their settings fingerprint.
+            # Only when not the default, so outputs made before these existed keep their settings fingerprint.
             **({"backend": self.backend} if self.backend != "torch" else {}),
+            **({"compute_precision": self.compute_precision} if self.compute_precision != "float32" else {}),
         }
 
 

@@ -79,6 +79,7 @@ VECTOR_FIELDS = (
     "model.normalize",
     "model.truncate_dim",
     "model.precision",
+    "model.compute_precision",
     "model.int8_ranges",
     "model.max_seq_length",
     "model.trust_remote_code",
@@ -117,7 +118,7 @@ NEUTRAL_DESCRIBE = ("model_path", "device", "packed", "packed_reason")
 
 # Fields added after outputs were made, with their defaults: left out at the default, so those outputs'
 # fingerprints still match.
-LATER_FIELDS: dict[str, Any] = {"model.backend": "torch"}
+LATER_FIELDS: dict[str, Any] = {"model.backend": "torch", "model.compute_precision": "float32"}
 
 
 def settings_fingerprint(weights: str, spec: dict[str, Any], describe: Any, max_chars: int | None) -> str:

@@ -40,6 +40,7 @@ JOB_FLAGS: dict[str, str] = {
     "--model": "model.name",
     "--backend": "model.backend",
     "--precision": "model.precision",
+    "--compute-precision": "model.compute_precision",
     "--normalize": "model.normalize",
     "--prompt-name": "model.prompt_name",
     "--truncate-dim": "model.truncate_dim",

@@ -14,6 +14,9 @@ PRECISIONS: tuple[str, ...] = get_args(Precision)
 # embedder.backends.Backend, repeated so reading a spec needs no torch (a test keeps the two equal).
 ModelBackend = Literal["torch", "onnx", "openvino"]
 MODEL_BACKENDS: tuple[str, ...] = get_args(ModelBackend)
+# embedder.compute_precision.COMPUTE_PRECISIONS, spelled out so the spec loads without torch (a test keeps them equal).
+ComputePrecision = Literal["float32", "bfloat16", "float16"]
+COMPUTE_PRECISIONS: tuple[str, ...] = get_args(ComputePrecision)
 FileFormat = Literal["parquet", "jsonl", "json", "csv"]
 FILE_FORMATS: tuple[str, ...] = get_args(FileFormat)
 InputFormat = Literal["auto", FileFormat, "hf_disk", "hf_hub", "hf_files"]
@@ -77,6 +80,12 @@ class ModelSpec(_Section):
         None, ge=1, description="keep the first N dimensions of every vector (Matryoshka models; unset: all)"
     )
     precision: Precision = Field("float32", description="the vectors' type: floats, or quantised int8/binary")
+    compute_precision: ComputePrecision = Field(
+        "float32",
+        description="the dtype the matrix products run in: float32, or bfloat16/float16 (autocast; LayerNorm, "
+        "pooling and normalisation stay float32; vectors move by ~1e-4 cosine; bf16 needs a CPU with "
+        "avx512_bf16 or amx_bf16, or a GPU, to be faster)",
+    )
     int8_ranges: list[list[float]] | None = Field(
         None,
         description="int8/uint8: [[min per dimension], [max per dimension]] to quantise with (unset: "

@@ -86,6 +86,8 @@ class ShardWorker:
         if key == self._job_key:
             return
         self.spec = JobSpec.from_dict(spec)
+        # Not a loading field: a warm replica switches precision per job without reloading the weights.
+        self.model.compute_precision = self.spec.model.compute_precision
         self.policy = RetryPolicy(attempts=self.spec.policy.retries)
         self.sink = open_sink(self.spec, self.policy)
         self.max_chars = self.spec.policy.max_text_chars or default_max_chars(

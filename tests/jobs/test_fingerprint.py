@@ -18,6 +18,7 @@ CHANGED = {
     "model.normalize": True,
     "model.truncate_dim": 8,
     "model.precision": "int8",
+    "model.compute_precision": "bfloat16",
     "model.int8_ranges": [[0.0], [1.0]],
     "model.max_seq_length": 16,
     "model.trust_remote_code": True,
