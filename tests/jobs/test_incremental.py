@@ -67,6 +67,28 @@ def test_previous_with_other_settings_reuses_nothing(tmp_path, tiny_st_model, jo
     assert (summary["embedded"], summary["reused"], summary["deleted"]) == (30, 0, 0)
 
 
+def test_previous_at_another_compute_precision_reuses_nothing(tmp_path, tiny_st_model, jobio, jobkit):
+    """bf16 vectors never mix with float32 ones: the settings fingerprint covers model.compute_precision."""
+    rows = dict(enumerate(jobio.corpus(30, seed=9)))
+    write(tmp_path / "in", rows)
+    out1 = str(tmp_path / "out1")
+    run_job(jobkit.job_spec(tiny_st_model, str(tmp_path / "in"), out1), progress=False, keep_warm=True)
+    out2 = str(tmp_path / "out2")
+    spec = jobkit.job_spec(
+        tiny_st_model, str(tmp_path / "in"), out2, previous=out1, model={"compute_precision": "bfloat16"}
+    )
+    summary = run_job(spec, progress=False, keep_warm=True)
+    assert (summary["embedded"], summary["reused"], summary["deleted"]) == (30, 0, 0)
+    job = json.load(open(os.path.join(out2, ".embedjob", "_job.json")))
+    assert job["spec"]["model"]["compute_precision"] == "bfloat16"
+    assert job["model"]["pipeline"]["compute_precision"] == "bfloat16"
+    _, first = jobkit.read_job(out1)
+    _, second = jobkit.read_job(out2)
+    a, b = jobkit.vectors(by_id(first)), jobkit.vectors(by_id(second))
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert np.abs(a - b).max() > 0 and cos.min() >= 0.99
+
+
 def write_layout(folder, rows: dict[int, str], files: int, seed: int) -> None:
     """rows {i: text} shuffled, then split into `files` files under names no earlier export used."""
     rng = np.random.default_rng(seed)
