@@ -75,3 +75,17 @@ def best_layer_time(pairs: list, repeats: int, min_time: float) -> float:
 def compute_bound(peak_gflops: float, flops_per_token: float) -> float:
     """Tokens/s the machine could reach if every FLOP ran at GEMM peak."""
     return peak_gflops * 1e9 / flops_per_token
+
+
+def matmul_peak(dtype_name: str, size: int = 1024, threads: int = 2, repeats: int = 7) -> float:
+    """Best GFLOP/s of a (size x size) @ (size x size) torch.matmul in `dtype_name` on `threads` threads."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a = torch.randn(size, size).to(getattr(torch, dtype_name))
+        b = torch.randn(size, size).to(a.dtype)
+        return gemm_flops(size, size, size) / best_layer_time([(a, b)], repeats, 0.2) / 1e9
+    finally:
+        torch.set_num_threads(old)

@@ -95,3 +95,31 @@ def align_rows(ids: Sequence[str], emb: np.ndarray, wanted: Sequence[str]) -> np
 def gemm_flops(m: int, k: int, n: int) -> int:
     """FLOPs of an (m x k) @ (k x n) matrix product."""
     return 2 * m * k * n
+
+
+def cosine_stats(ours: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Min and mean row-wise cosine of two embedding matrices of the same shape."""
+    a, b = np.asarray(ours, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"embedding shapes differ: {a.shape} vs reference {b.shape}")
+    cos = (a * b).sum(axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+    return {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
+
+
+def top_k_neighbours(emb: np.ndarray, k: int) -> np.ndarray:
+    """(n, k) indices of each row's k most cosine-similar other rows, best first."""
+    x = np.asarray(emb, dtype=np.float64)
+    if not 0 < k < len(x):
+        raise ValueError(f"k must be between 1 and {len(x) - 1} (rows - 1), got {k}")
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+    sim = x @ x.T
+    np.fill_diagonal(sim, -np.inf)
+    top = np.argpartition(-sim, k, axis=1)[:, :k]
+    order = np.take_along_axis(sim, top, axis=1).argsort(axis=1)[:, ::-1]
+    return np.take_along_axis(top, order, axis=1)
+
+
+def top_k_overlap(ours: np.ndarray, reference: np.ndarray, k: int = 10) -> float:
+    """Mean share of each row's k nearest neighbours under `reference` that `ours` finds too (1.0 = same sets)."""
+    a, b = top_k_neighbours(ours, k), top_k_neighbours(reference, k)
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b, strict=True)]))

@@ -134,3 +134,20 @@ def test_overhead_text_reports_each_round_and_the_medians():
     text = overhead_text(res, 4000)
     assert "4,000 texts" in text and "**1.15×**" in text
     assert "| 2 | 12.0 | 10.0 | 2.0 | 8.0 | 9.6 | 1.20× | 1.50× | 1.20× |" in text
+
+
+def test_cosine_stats_and_top_k_overlap():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(40, 8))
+    same = metrics.cosine_stats(ref * 3.0, ref)
+    assert same["min_cosine"] == pytest.approx(1.0) and same["mean_cosine"] == pytest.approx(1.0)
+    assert metrics.top_k_overlap(ref * 3.0, ref, k=5) == 1.0
+    flipped = metrics.cosine_stats(-ref, ref)
+    assert flipped["min_cosine"] == pytest.approx(-1.0)
+    noisy = ref + rng.normal(scale=0.5, size=ref.shape)
+    overlap = metrics.top_k_overlap(noisy, ref, k=5)
+    assert 0.0 < overlap < 1.0
+    neighbours = metrics.top_k_neighbours(ref, 3)
+    assert neighbours.shape == (40, 3) and not (neighbours == np.arange(40)[:, None]).any()
+    with pytest.raises(ValueError, match="k must be between 1 and 39"):
+        metrics.top_k_neighbours(ref, 40)
