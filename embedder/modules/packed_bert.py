@@ -44,10 +44,17 @@ def packed_support(model: Any) -> str | None:
 
 
 def flash_varlen(x: torch.Tensor | None = None) -> Any:
-    """flash_attn's packed-QKV varlen kernel if installed and `x` is a CUDA fp16/bf16 tensor, else None."""
-    if x is not None and not (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)):
+    """flash_attn's packed-QKV varlen kernel if installed and `x`'s projections are CUDA fp16/bf16, else None."""
+    if x is not None and not (x.is_cuda and matmul_dtype(x) in (torch.float16, torch.bfloat16)):
         return None
     return _flash_kernel()
+
+
+def matmul_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a Linear on `x` outputs: autocast's where it is on for x's device (compute_precision), else x's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
 
 
 @functools.lru_cache(maxsize=1)

@@ -124,6 +124,16 @@ def test_compute_context_is_autocast_only_below_float32():
         assert (torch.ones(4, 4) @ torch.ones(4, 4)).dtype == torch.bfloat16
 
 
+def test_packed_forward_sees_the_autocast_dtype():
+    from embedder.modules.packed_bert import matmul_dtype
+
+    x = torch.ones(2, 2)
+    assert matmul_dtype(x) == torch.float32
+    with compute_context("bfloat16", torch.device("cpu")):
+        assert matmul_dtype(x) == torch.bfloat16
+        assert torch.nn.functional.linear(x, torch.ones(2, 2)).dtype == matmul_dtype(x)
+
+
 def test_cpu_features_from_cpuinfo_text():
     spr = parse_cpuinfo(SPR)
     assert spr.model_name == "Intel(R) Xeon(R) Platinum 8480+"
