@@ -80,13 +80,18 @@ class PackedEncoder:
         self.model = model
         self._qkv: dict[int, tuple[Any, torch.Tensor, torch.Tensor]] = {}
 
-    def fused_qkv(self, i: int, att: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """Q, K and V weights stacked for one GEMM, rebuilt whenever the model's weights move or change dtype."""
-        key = (att.query.weight.data_ptr(), att.query.weight.dtype, att.query.weight.device)
+    def fused_qkv(
+        self, i: int, att: Any, dtype: torch.dtype | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Q, K and V weights stacked for one GEMM (in `dtype`, default the weights'), rebuilt whenever the
+        model's weights move or change dtype."""
+        weight = att.query.weight
+        dtype = dtype or weight.dtype
+        key = (weight.data_ptr(), weight.dtype, weight.device, dtype)
         cached = self._qkv.get(i)
         if cached is None or cached[0] != key:
-            w = torch.cat([att.query.weight, att.key.weight, att.value.weight]).contiguous()
-            b = torch.cat([att.query.bias, att.key.bias, att.value.bias]).contiguous()
+            w = torch.cat([att.query.weight, att.key.weight, att.value.weight]).to(dtype).contiguous()
+            b = torch.cat([att.query.bias, att.key.bias, att.value.bias]).to(dtype).contiguous()
             cached = (key, w, b)
             self._qkv[i] = cached
         return cached[1], cached[2]
@@ -110,6 +115,11 @@ class PackedEncoder:
         x = emb.reshape(batch * seq, hidden)
         if index is not None:
             x = x.index_select(0, index)
+        # Under bf16/fp16 autocast (compute_precision) the hidden states between layers are kept in that dtype:
+        # casting fp32 activations before every Linear cost more than the bf16 GEMMs saved. LayerNorm keeps its
+        # fp32 parameters and statistics; the last hidden state goes back to fp32 for pooling.
+        low = matmul_dtype(x)
+        x = x.to(low)
         # Row-major order keeps each row's real tokens together: runs of rows and flash's varlen layout.
         flash = flash_varlen(x)
         if flash is not None:
@@ -121,7 +131,7 @@ class PackedEncoder:
         for i, layer in enumerate(model.encoder.layer):
             att = layer.attention.self
             heads = att.num_attention_heads
-            w, b = self.fused_qkv(i, att)
+            w, b = self.fused_qkv(i, att, low)
             qkv = F.linear(x, w, b)
             if flash is not None:
                 packed_qkv = qkv.view(-1, 3, heads, hidden // heads)
@@ -132,6 +142,7 @@ class PackedEncoder:
                 ctx = padded_attention(qkv, index, key_mask, batch, seq, heads, att.scaling)
             x = layer.attention.output(ctx, x)
             x = layer.output(layer.intermediate(x), x)
+        x = x.to(emb.dtype)
         if index is None:
             return x.view(batch, seq, hidden)
         out = x.new_zeros(batch * seq, hidden)
