@@ -56,8 +56,8 @@ def warn_if_emulated(value: str, device: torch.device, features: CpuFeatures | N
 
 
 def compute_context(value: str, device: torch.device) -> Any:
-    """Autocast for `value` on `device`: Linear/matmul/attention in bf16/fp16, LayerNorm, softmax sums,
-    residual adds, pooling and normalisation stay in float32 (autocast leaves them out); float32: no-op."""
+    """Autocast for `value` on `device`: Linear/matmul/attention in bf16/fp16; LayerNorm statistics, pooling and
+    normalisation stay float32 (autocast leaves them out); float32: a no-op."""
     dtype = autocast_dtype(value)
     if dtype is None:
         return contextlib.nullcontext()
