@@ -76,7 +76,8 @@ def test_float32_is_bit_for_bit_unchanged(st_dir, sample_texts):
         a = plain.encode(sample_texts, batching=batching)
         b = named.encode(sample_texts, batching=batching)
         assert np.array_equal(a, b), batching
-    assert plain.describe()["compute_precision"] == "float32"
+    # Left out at the default, so settings fingerprints of outputs made before the option still match.
+    assert "compute_precision" not in plain.describe()
 
 
 def test_layer_norm_output_stays_float32_under_bfloat16(st_dir, sample_texts):

@@ -65,14 +65,18 @@ def test_chunking_fields_do_not_count_while_chunking_is_off():
     assert settings_fingerprint("w", base, {}, 100) == settings_fingerprint("w", changed, {}, 100)
 
 
-def test_the_torch_backend_keeps_fingerprints_made_before_backends_existed():
+@pytest.mark.parametrize(
+    ("field", "default", "other"),
+    [("backend", "torch", "onnx"), ("compute_precision", "float32", "bfloat16")],
+)
+def test_a_later_fields_default_keeps_fingerprints_made_before_it_existed(field, default, other):
     spec = JobSpec.from_dict({"model": "m", "input": {"uri": "in"}, "output": {"uri": "out"}}).to_dict()
-    assert spec["model"]["backend"] == "torch"
-    older = {**spec, "model": {k: v for k, v in spec["model"].items() if k != "backend"}}
+    assert spec["model"][field] == default
+    older = {**spec, "model": {k: v for k, v in spec["model"].items() if k != field}}
     before = settings_fingerprint("w", older, {"modules": []}, 100)
     assert settings_fingerprint("w", spec, {"modules": []}, 100) == before
-    onnx = {**spec, "model": {**spec["model"], "backend": "onnx"}}
-    assert settings_fingerprint("w", onnx, {"modules": []}, 100) != before
+    changed = {**spec, "model": {**spec["model"], field: other}}
+    assert settings_fingerprint("w", changed, {"modules": []}, 100) != before
 
 
 def test_packed_or_padded_forward_does_not_change_the_fingerprint():
