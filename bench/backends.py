@@ -1,12 +1,12 @@
 """Our encode on torch, ONNX Runtime and OpenVINO against sentence-transformers, paired in one process (MiniLM).
 
-    .venv/bin/python -m bench.backends [--texts 1500] [--chunk 500] [--rounds 2] [--queries 200]
+    .venv/bin/python -m bench.backends [--texts 1500] [--chunk 500] [--rounds 2]
 
 Every variant embeds the same chunks back to back in rotating order (bench.encode_defaults.paired), so the
 ratios to sentence-transformers hold while the machine's load drifts. The ONNX and OpenVINO graphs are our
 exports of all-MiniLM-L6-v2 (float32), made once before timing. OpenVINO runs float32 by default; the bf16 row
 uses its bf16 inference hint (what OpenVINO picks by itself on CPUs with bf16), and a second table gives its
-quality against float32: min / mean cosine and how many of each query's 10 nearest texts stay the same.
+quality against float32: min / mean cosine and the share of each text's 10 nearest texts that stay the same.
 Prints two tables.
 """
 
@@ -21,6 +21,7 @@ import numpy as np
 
 from bench.corpus import model_path
 from bench.encode_defaults import paired, table_rows, varied_texts
+from bench.metrics import cosine_stats, top_k_overlap
 from bench.report import machine_description, markdown_table
 from bench.sampler import machine_busy_s
 
@@ -37,27 +38,10 @@ QUALITY_HEADERS = (
     "vs",
     "min cosine",
     "mean cosine",
-    "top-10 overlap (mean)",
-    "top-10 overlap (min)",
+    "top-10 overlap",
 )
 BF16 = {"INFERENCE_PRECISION_HINT": "bf16"}
 F32 = "ours backend='openvino' encode() (f32)"
-
-
-def top_k_overlap(a: np.ndarray, b: np.ndarray, queries: int, k: int = 10) -> tuple[float, float]:
-    """(mean, min) share of each of the first `queries` rows' k nearest rows (cosine) that a and b agree on."""
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    near_a = np.argsort(-(a[:queries] @ a.T), axis=1)[:, :k]
-    near_b = np.argsort(-(b[:queries] @ b.T), axis=1)[:, :k]
-    shares = [len(set(x) & set(y)) / k for x, y in zip(near_a, near_b, strict=True)]
-    return float(np.mean(shares)), float(np.min(shares))
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine of two embedding matrices."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 def bf16_available() -> bool:
@@ -98,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texts", type=int, default=1_500, help="texts (sample/corpus.parquet, first N)")
     parser.add_argument("--chunk", type=int, default=500, help="texts per encode call")
     parser.add_argument("--rounds", type=int, default=2, help="passes over the texts")
-    parser.add_argument("--queries", type=int, default=200, help="rows whose 10 nearest texts are compared")
     args = parser.parse_args(argv)
 
     texts = varied_texts(args.texts)
@@ -117,16 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     pairs += [(name, F32) for name in names if name != F32 and name.startswith("ours backend='openvino'")]
     quality = []
     for name, ref in pairs:
-        cos = cosines(vectors[name], vectors[ref])
-        mean, low = top_k_overlap(vectors[name], vectors[ref], args.queries)
+        cos = cosine_stats(vectors[name], vectors[ref])
+        overlap = top_k_overlap(vectors[name], vectors[ref], 10)
         quality.append(
             (
                 name,
                 ref.split(",")[0],
-                f"{cos.min():.7f}",
-                f"{cos.mean():.7f}",
-                f"{mean:.3f}",
-                f"{low:.1f}",
+                f"{cos['min_cosine']:.7f}",
+                f"{cos['mean_cosine']:.7f}",
+                f"{overlap:.3f}",
             )
         )
 
