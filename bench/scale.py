@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -29,14 +28,9 @@ DIM = 64
 
 def cpu_name() -> str:
     """The CPU model, for the table's heading."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    from embedder.cpu import cpu_features
+
+    return cpu_features().model_name
 
 
 def make_model(path: str) -> str:
