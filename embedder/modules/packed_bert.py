@@ -8,6 +8,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from embedder.modules.packed_layout import FusedLinears, length_runs
+
 # Encoders whose layers are BERT's (query/key/value -> SelfOutput -> Intermediate -> Output) with absolute
 # position embeddings computed inside `embeddings`; anything else keeps the Hugging Face forward.
 PACKED_ARCHITECTURES = ("BertModel", "RobertaModel", "XLMRobertaModel", "CamembertModel")
@@ -78,23 +80,7 @@ class PackedEncoder:
         if reason is not None:
             raise ValueError(f"packed forward unsupported: {reason}")
         self.model = model
-        self._qkv: dict[int, tuple[Any, torch.Tensor, torch.Tensor]] = {}
-
-    def fused_qkv(
-        self, i: int, att: Any, dtype: torch.dtype | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Q, K and V weights stacked for one GEMM (in `dtype`, default the weights'), rebuilt whenever the
-        model's weights move or change dtype."""
-        weight = att.query.weight
-        dtype = dtype or weight.dtype
-        key = (weight.data_ptr(), weight.dtype, weight.device, dtype)
-        cached = self._qkv.get(i)
-        if cached is None or cached[0] != key:
-            w = torch.cat([att.query.weight, att.key.weight, att.value.weight]).to(dtype).contiguous()
-            b = torch.cat([att.query.bias, att.key.bias, att.value.bias]).to(dtype).contiguous()
-            cached = (key, w, b)
-            self._qkv[i] = cached
-        return cached[1], cached[2]
+        self.qkv = FusedLinears()
 
     def __call__(
         self,
@@ -131,8 +117,7 @@ class PackedEncoder:
         for i, layer in enumerate(model.encoder.layer):
             att = layer.attention.self
             heads = att.num_attention_heads
-            w, b = self.fused_qkv(i, att, low)
-            qkv = F.linear(x, w, b)
+            qkv = self.qkv(i, x, att.query, att.key, att.value)
             if flash is not None:
                 packed_qkv = qkv.view(-1, 3, heads, hidden // heads)
                 ctx = flash(packed_qkv, cu, longest, softmax_scale=att.scaling).reshape(-1, hidden)
@@ -148,20 +133,6 @@ class PackedEncoder:
         out = x.new_zeros(batch * seq, hidden)
         out.index_copy_(0, index, x)
         return out.view(batch, seq, hidden)
-
-
-def length_runs(lengths: list[int]) -> list[tuple[int, int, int]]:
-    """(first token, rows, length) of each run of consecutive equal-length rows in a packed batch."""
-    runs: list[tuple[int, int, int]] = []
-    start = 0
-    for n in lengths:
-        if runs and runs[-1][2] == n:
-            first, rows, _ = runs[-1]
-            runs[-1] = (first, rows + 1, n)
-        else:
-            runs.append((start, 1, n))
-        start += n
-    return [r for r in runs if r[2] > 0]
 
 
 def run_attention(

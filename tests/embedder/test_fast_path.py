@@ -15,11 +15,11 @@ from embedder.batching import pad_rows
 from embedder.modules import LoadOptions
 from embedder.modules.packed_bert import (
     PackedEncoder,
-    length_runs,
     packed_support,
     padded_attention,
     run_attention,
 )
+from embedder.modules.packed_layout import length_runs
 from embedder.modules.pooling import LEGACY_FLAGS
 from embedder.modules.transformer import PACKED_KEY, Transformer
 
