@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from bench.corpus import load_corpus, model_path, token_counts
+from bench.encode_defaults import paired
 from bench.limits import compute_bound, matmul_peak
 from bench.metrics import cosine_stats, flops_per_token, top_k_overlap
 
@@ -106,19 +106,8 @@ def installed_variants() -> list[str]:
 
 def time_paired(fns: dict[str, Encode], texts: list[str], chunks: int) -> tuple[dict, dict]:
     """(seconds per variant per chunk, vectors per variant) with each chunk run by all, rotating who goes first."""
-    for fn in fns.values():
-        fn(texts[:64])
-    names = list(fns)
     bounds = np.linspace(0, len(texts), max(1, chunks) + 1).astype(int)
-    seconds: dict[str, list[float]] = {n: [] for n in names}
-    outs: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for c in range(len(bounds) - 1):
-        chunk = texts[bounds[c] : bounds[c + 1]]
-        for j in range(len(names)):
-            name = names[(c + j) % len(names)]
-            t0 = time.perf_counter()
-            outs[name].append(fns[name](chunk))
-            seconds[name].append(time.perf_counter() - t0)
+    seconds, outs = paired(fns, [texts[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
     return seconds, {n: np.concatenate(v) for n, v in outs.items()}
 
 
