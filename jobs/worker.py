@@ -195,12 +195,10 @@ class ShardWorker:
         """int8/uint8 ranges from the float32 vectors of the first valid rows of some shards."""
         self._use(spec)
         texts: list[str] = []
-        for d in shards:
-            batch = next(
-                iter_shard_batches(Shard.from_dict(d), self.spec.input, rows_per_shard, self.policy), None
-            )
+        for shard in map(Shard.from_dict, shards):
+            batch = next(iter_shard_batches(shard, self.spec.input, rows_per_shard, self.policy), None)
             if batch is not None:
-                images = shard_reader(self.spec, Shard.from_dict(d), self.policy)
+                images = shard_reader(self.spec, shard, self.policy)
                 clean, _ = check_column(batch.column(TEXT), max_chars=self.max_chars, images=images)
                 texts += clean
         if len(texts) < 2:
