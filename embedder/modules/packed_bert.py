@@ -8,7 +8,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from embedder.modules.packed_layout import FusedLinears, length_runs
+from embedder.modules.packed_layout import length_runs
+from embedder.modules.packed_linear import FusedLinears
 
 # Encoders whose layers are BERT's (query/key/value -> SelfOutput -> Intermediate -> Output) with absolute
 # position embeddings computed inside `embeddings`; anything else keeps the Hugging Face forward.
@@ -80,7 +81,8 @@ class PackedEncoder:
         if reason is not None:
             raise ValueError(f"packed forward unsupported: {reason}")
         self.model = model
-        self.qkv = FusedLinears()
+        self.linears = FusedLinears()
+        self.act = getattr(model.config, "hidden_act", None)
 
     def __call__(
         self,
@@ -117,7 +119,7 @@ class PackedEncoder:
         for i, layer in enumerate(model.encoder.layer):
             att = layer.attention.self
             heads = att.num_attention_heads
-            qkv = self.qkv(i, x, att.query, att.key, att.value)
+            qkv = self.linears((i, "qkv"), x, att.query, att.key, att.value)
             if flash is not None:
                 packed_qkv = qkv.view(-1, 3, heads, hidden // heads)
                 ctx = flash(packed_qkv, cu, longest, softmax_scale=att.scaling).reshape(-1, hidden)
@@ -125,14 +127,26 @@ class PackedEncoder:
                 ctx = run_attention(qkv, runs, heads, att.scaling)
             else:
                 ctx = padded_attention(qkv, index, key_mask, batch, seq, heads, att.scaling)
-            x = layer.attention.output(ctx, x)
-            x = layer.output(layer.intermediate(x), x)
+            out = layer.attention.output
+            x = out.LayerNorm(self.linears((i, "attention.output"), ctx, out.dense, residual=x))
+            x = feed_forward(self.linears, i, layer, x, self.act)
         x = x.to(emb.dtype)
         if index is None:
             return x.view(batch, seq, hidden)
         out = x.new_zeros(batch * seq, hidden)
         out.index_copy_(0, index, x)
         return out.view(batch, seq, hidden)
+
+
+def feed_forward(linears: FusedLinears, i: int, layer: Any, x: torch.Tensor, act: str | None) -> torch.Tensor:
+    """Layer `i`'s BERT-style feed-forward: LayerNorm(output(act(intermediate(x))) + x), as the HF modules do."""
+    inner = layer.intermediate
+    if act == "gelu":  # exact (erf) GELU: oneDNN fuses it into the GEMM at bf16
+        h = linears((i, "intermediate"), x, inner.dense, post="gelu")
+    else:
+        h = inner(x)
+    out = layer.output
+    return out.LayerNorm(linears((i, "output"), h, out.dense, residual=x))
 
 
 def run_attention(

@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from embedder.modules.packed_layout import FusedLinears, Layout, band_mask, rotate, runs_attention
+from embedder.modules.packed_layout import Layout, band_mask, rotate, runs_attention
+from embedder.modules.packed_linear import FusedLinears
 
 ARCHITECTURES = ("Qwen3Model", "MistralModel", "LlamaModel")
 LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -73,7 +74,9 @@ class PackedDecoder:
         for i, (layer, window) in enumerate(zip(model.layers, self.windows, strict=True)):
             att = layer.self_attn
             h = layer.input_layernorm(x)
-            qkv = self.qkv(i, h, att.q_proj, att.k_proj, att.v_proj).view(h.shape[0], -1, att.head_dim)
+            qkv = self.qkv((i, "qkv"), h, att.q_proj, att.k_proj, att.v_proj).view(
+                h.shape[0], -1, att.head_dim
+            )
             q, k, v = qkv.split([heads, kv_heads, kv_heads], dim=1)
             if hasattr(att, "q_norm"):  # Qwen3 normalises each head's query and key
                 q, k = att.q_norm(q), att.k_norm(k)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -75,31 +74,6 @@ def length_runs(lengths: list[int]) -> list[tuple[int, int, int]]:
             runs.append((start, 1, n))
         start += n
     return [r for r in runs if r[2] > 0]
-
-
-class FusedLinears:
-    """Several Linear layers' weights stacked for one GEMM per layer, in the input's dtype (cast once: hidden
-    states kept in bf16 under compute_precision meet bf16 weights), rebuilt when the weights move or change dtype."""
-
-    def __init__(self) -> None:
-        self._cache: dict[int, tuple[Any, torch.Tensor, torch.Tensor | None]] = {}
-
-    def __call__(self, i: int, x: torch.Tensor, *linears: torch.nn.Linear) -> torch.Tensor:
-        """x through every one of `linears` (layer `i`'s), their outputs side by side."""
-        w0 = linears[0].weight
-        key = (w0.data_ptr(), w0.dtype, w0.device, x.dtype)
-        cached = self._cache.get(i)
-        if cached is None or cached[0] != key:
-            w = torch.cat([m.weight for m in linears]).to(x.dtype).contiguous()
-            b = None
-            if any(m.bias is not None for m in linears):
-                zeros = [w0.new_zeros(m.out_features) for m in linears]
-                b = torch.cat(
-                    [m.bias if m.bias is not None else z for m, z in zip(linears, zeros, strict=True)]
-                ).to(x.dtype)
-            cached = (key, w, b)
-            self._cache[i] = cached
-        return F.linear(x, cached[1], cached[2])
 
 
 def runs_attention(

@@ -6,7 +6,9 @@ from typing import Any
 
 import torch
 
-from embedder.modules.packed_layout import FusedLinears, Layout, runs_attention
+from embedder.modules.packed_bert import feed_forward
+from embedder.modules.packed_layout import Layout, runs_attention
+from embedder.modules.packed_linear import FusedLinears
 
 ARCHITECTURES = ("MPNetModel",)
 # MPNetEncoder.forward calls compute_position_bias with its default bucket count, whatever the config says.
@@ -39,7 +41,8 @@ class PackedMPNet:
         if reason is not None:
             raise ValueError(f"packed forward unsupported: {reason}")
         self.model = model
-        self.qkv = FusedLinears()
+        self.linears = FusedLinears()
+        self.act = getattr(model.config, "hidden_act", None)
 
     def position_bias(self, n: int) -> torch.Tensor:
         """(heads, n, n) bias of one length-n sequence: buckets of key position minus query position."""
@@ -67,10 +70,12 @@ class PackedMPNet:
         for i, layer in enumerate(model.encoder.layer):
             att = layer.attention.attn
             heads = att.num_attention_heads
-            q, k, v = self.qkv(i, x, att.q, att.k, att.v).view(-1, 3, heads, hidden // heads).unbind(1)
+            q, k, v = (
+                self.linears((i, "qkv"), x, att.q, att.k, att.v).view(-1, 3, heads, hidden // heads).unbind(1)
+            )
             ctx = runs_attention(
                 q, k, v, layout, att.attention_head_size**-0.5, kind="bias", make_mask=self.position_bias
             )
-            x = layer.attention.LayerNorm(att.o(ctx) + x)
-            x = layer.output(layer.intermediate(x), x)
+            x = layer.attention.LayerNorm(self.linears((i, "o"), ctx, att.o, residual=x))
+            x = feed_forward(self.linears, i, layer, x, self.act)
         return layout.unpack(x)
