@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from embedder.modules.packed_layout import length_runs
+from embedder.modules.packed_layout import attend, length_runs
 from embedder.modules.packed_linear import FusedLinears
 
 # Encoders whose layers are BERT's (query/key/value -> SelfOutput -> Intermediate -> Output) with absolute
@@ -163,7 +163,7 @@ def run_attention(
     for first, rows, n in runs:
         part = qkv[first : first + rows * n].view(rows, n, 3, heads, d).permute(2, 0, 3, 1, 4)
         q, k, v = part.unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        out = attend(q, k, v, scale)
         ctx[first : first + rows * n].view(rows, n, heads, d).copy_(out.transpose(1, 2))
     return ctx
 

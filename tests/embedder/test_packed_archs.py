@@ -15,7 +15,7 @@ from tiny_archs import SIZES, SPECS, Arch, embedder_conftest, save_tiny_arch
 
 from embedder import EmbeddingModel, encode_loop
 from embedder.modules.packed import packed_forward, packed_support
-from embedder.modules.packed_layout import Layout
+from embedder.modules.packed_layout import Layout, attend
 
 NEW: tuple[Arch, ...] = ("mpnet", "modernbert", "qwen3", "mistral", "llama")
 PAD = {"mpnet": 1}  # MPNet derives positions from its pad id (1); the others pad with 0 here
@@ -128,3 +128,40 @@ def test_an_architecture_without_a_packed_forward_says_so_once(tmp_path, caplog)
     np.testing.assert_array_equal(
         model.encode(texts, batch_size=3), model.encode(texts, batching="sentence-transformers", batch_size=3)
     )
+
+
+@pytest.mark.parametrize("arch", NEW)
+def test_packed_rows_at_bf16_stay_close_to_float32(arch: Arch) -> None:
+    # bf16 hidden states take the oneDNN Linears and, for these short rows, attend's fp32 short-row path with
+    # each architecture's mask (MPNet's bias, ModernBERT's band, the decoders' causal and sliding windows).
+    model = random_model(arch)
+    ids, mask = batch(arch, "right")
+    with torch.inference_mode():
+        want = packed_forward(model)(ids, mask)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = packed_forward(model)(ids, mask)
+    real = mask.bool()
+    a, b = low[real].float(), want[real]
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
+    assert cos.min() > 0.99, arch
+    assert not low[~real].any()
+
+
+@pytest.mark.parametrize("kind", ["none", "bool", "bias", "causal"])
+def test_short_rows_attend_as_sdpa_does(kind: str) -> None:
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(70, 4, 12, 8, generator=gen) for _ in range(3))  # 70 rows: several score chunks
+    mask = {
+        "bool": torch.rand(12, 12, generator=gen) > 0.3,
+        "bias": torch.randn(4, 12, 12, generator=gen),
+    }.get(kind)
+    mask = None if mask is None else mask.fill_diagonal_(True) if mask.dtype == torch.bool else mask
+    causal = kind == "causal"
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal, scale=0.3
+    )
+    got = attend(*(t.bfloat16() for t in (q, k, v)), 0.3, mask, causal)
+    assert got.dtype == torch.bfloat16 and got.shape == want.shape
+    torch.testing.assert_close(got.float(), want, atol=0.03, rtol=0.02)
+    # float32 (the default precision) keeps SDPA itself: bit for bit
+    assert torch.equal(attend(q, k, v, 0.3, mask, causal), want)
