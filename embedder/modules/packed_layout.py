@@ -91,7 +91,8 @@ def attend(
     mask: torch.Tensor | None = None,
     causal: bool = False,
 ) -> torch.Tensor:
-    """SDPA of (rows, heads, n, d) q, k, v; short rows at reduced precision on CPU run in fp32 (see SHORT_ROWS)."""
+    """SDPA of (rows, heads, n, d) q, k, v; short rows at reduced precision on CPU run in fp32 (see SHORT_ROWS)
+    and come back in fp32, for the caller's copy into its context to cast once."""
     rows, heads, n, _ = q.shape
     low = q.dtype in (torch.bfloat16, torch.float16)
     if not (low and q.device.type == "cpu" and n <= SHORT_ROWS):
@@ -100,7 +101,7 @@ def attend(
         )
     if causal and mask is None:
         mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
-    out = q.new_empty(q.shape)
+    out = q.new_empty(q.shape, dtype=torch.float32)
     step = max(1, SCORE_BUDGET // (heads * n * n))
     for r in range(0, rows, step):
         part = slice(r, r + step)
