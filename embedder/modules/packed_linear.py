@@ -88,13 +88,8 @@ class FusedLinears:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The stacked (and for oneDNN prepacked) weight and bias of `linears` in x's dtype, cached per `key`."""
         w0 = linears[0].weight
-        stamp = (
-            tuple((m.weight.data_ptr(), m.weight._version) for m in linears),
-            w0.dtype,
-            w0.device,
-            x.dtype,
-        )
-        stamp = (stamp, onednn)
+        params = [p for m in linears for p in (m.weight, m.bias) if p is not None]
+        stamp = (tuple(written(p) for p in params), w0.dtype, w0.device, x.dtype, onednn)
         cached = self._cache.get(key)
         if cached is None or cached[0] != stamp:
             weight = torch.cat([m.weight for m in linears]).to(x.dtype).contiguous()
@@ -107,3 +102,8 @@ class FusedLinears:
             cached = (stamp, weight, bias)
             self._cache[key] = cached
         return cached[1], cached[2]
+
+
+def written(p: torch.Tensor) -> tuple[int, int]:
+    """Where `p` lives and how often it was written in place (inference tensors keep no count: 0)."""
+    return p.data_ptr(), 0 if p.is_inference() else p._version

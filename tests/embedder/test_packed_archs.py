@@ -147,6 +147,14 @@ def test_packed_rows_at_bf16_stay_close_to_float32(arch: Arch) -> None:
     assert not low[~real].any()
 
 
+def test_a_query_that_sees_no_key_gets_zeros_as_from_sdpa() -> None:
+    q, k, v = (torch.randn(3, 2, 5, 4).bfloat16() for _ in range(3))
+    mask = torch.ones(5, 5, dtype=torch.bool)
+    mask[2] = False
+    got = attend(q, k, v, 0.5, mask)
+    assert not got.isnan().any() and not got[:, :, 2].any()
+
+
 @pytest.mark.parametrize("kind", ["none", "bool", "bias", "causal"])
 def test_short_rows_attend_as_sdpa_does(kind: str) -> None:
     gen = torch.Generator().manual_seed(1)
@@ -161,7 +169,11 @@ def test_short_rows_attend_as_sdpa_does(kind: str) -> None:
         q, k, v, attn_mask=mask, is_causal=causal, scale=0.3
     )
     got = attend(*(t.bfloat16() for t in (q, k, v)), 0.3, mask, causal)
-    assert got.dtype == torch.float32 and got.shape == want.shape
-    torch.testing.assert_close(got, want, atol=0.03, rtol=0.02)
+    assert got.dtype == torch.bfloat16 and got.shape == want.shape
+    torch.testing.assert_close(got.float(), want, atol=0.05, rtol=0.02)
+    # under compute_precision's autocast too (it must not change the path's dtypes)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        again = attend(*(t.bfloat16() for t in (q, k, v)), 0.3, mask, causal)
+    assert torch.equal(again, got)
     # float32 (the default precision) keeps SDPA itself: bit for bit
     assert torch.equal(attend(q, k, v, 0.3, mask, causal), want)

@@ -102,3 +102,16 @@ def test_packed_bert_at_bf16_agrees_with_and_without_onednn(tiny_bert_dir, sampl
     monkeypatch.setattr(packed_linear, "uses_onednn", lambda x: False)
     plain = model.encode(texts, batching="tokens", normalize_embeddings=True)
     assert np.min((fused * plain).sum(axis=1)) >= 0.999
+
+
+def test_cache_follows_biases_and_takes_inference_tensors():
+    q, k = linears((8, 4), (8, 4))
+    x = torch.randn(3, 8)
+    cache = FusedLinears()
+    with torch.no_grad():
+        before = cache("qk", x, q, k)
+        k.bias.add_(1)
+        torch.testing.assert_close(cache("qk", x, q, k), before + torch.cat([torch.zeros(4), torch.ones(4)]))
+    with torch.inference_mode():  # weights made here keep no version counter
+        frozen = linears((8, 4), (8, 4), seed=1)
+        torch.testing.assert_close(FusedLinears()("qk", x, *frozen), torch.cat([m(x) for m in frozen], dim=1))
