@@ -226,8 +226,9 @@ def _run(
         todo = [s for s in plan.shards if s.shard_id not in committed]
         pool = get_pool(spec, max(1, len(todo)), keep_warm and not started_ray)
         keys = None
-        if existing is None and not overwrite and not spec.previous_uri and spec.input.id_column:
+        if existing is None and not spec.previous_uri and spec.input.id_column:
             # A new output and only the duplicate check to do: it reads ids while the replicas load the model.
+            # (--overwrite of a folder with no output in it clears its files below; the result stays in memory.)
             keys = run_key_pass(spec, plan, sink.store, None, False, None, _key_pass_fingerprint(spec, plan))
         info = first_info(pool, spec)
         spec, calibration = _with_int8_ranges(spec, pool, plan, existing, previous)

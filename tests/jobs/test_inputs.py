@@ -278,6 +278,21 @@ def test_repeated_ids_in_json_lines_named_by_the_key_pass(tmp_path, tiny_st_mode
         run_job(spec, progress=False, keep_warm=True)
 
 
+def test_overwrite_keeps_the_duplicate_check_and_quarantine(tmp_path, tiny_st_model, jobkit, ray_session):
+    # --overwrite of an empty folder runs the id pass beside the model load, then clears the folder: what the
+    # pass found (a repeated id to quarantine) must survive that, and so must a second --overwrite over the output.
+    rows = rows_for(12)
+    rows[9]["id"] = "d2"
+    path = write_rows(str(tmp_path / "a.jsonl"), rows)
+    out = str(tmp_path / "out")
+    spec = jobkit.job_spec(tiny_st_model, path, out, policy={"on_bad_row": "quarantine"})
+    for _ in range(2):
+        summary = run_job(spec, progress=False, keep_warm=True, overwrite=True)
+        assert summary["rows_written"] == 11 and summary["quarantined"] == 1
+        _, table = jobkit.read_job(out)
+        assert table.column("id").to_pylist().count("d2") == 1
+
+
 def test_job_over_json_lines_on_s3(s3_server, tmp_path, tiny_st_model, oracle, jobio, jobkit, ray_session):
     fs = s3_server.fs()
     base = s3_server.prefix(name="jsonl")
