@@ -151,3 +151,15 @@ def test_cosine_stats_and_top_k_overlap():
     assert neighbours.shape == (40, 3) and not (neighbours == np.arange(40)[:, None]).any()
     with pytest.raises(ValueError, match="k must be between 1 and 39"):
         metrics.top_k_neighbours(ref, 40)
+
+
+def test_bf16_paths_settings_switch_each_part_and_restore_it():
+    from bench.bf16_paths import setting
+    from embedder.modules import packed_layout, packed_linear
+
+    before = packed_linear.uses_onednn, packed_layout.SHORT_ROWS
+    with setting(False, False):
+        assert packed_linear.uses_onednn is not before[0] and packed_layout.SHORT_ROWS == 0
+    with setting(True, False):
+        assert packed_linear.uses_onednn is before[0] and packed_layout.SHORT_ROWS == 0
+    assert (packed_linear.uses_onednn, packed_layout.SHORT_ROWS) == before
