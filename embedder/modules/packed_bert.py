@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from embedder.modules.packed_layout import attend, length_runs
+from embedder.modules.packed_layout import length_runs, runs_attention
 from embedder.modules.packed_linear import FusedLinears
 
 # Encoders whose layers are BERT's (query/key/value -> SelfOutput -> Intermediate -> Output) with absolute
@@ -152,20 +152,10 @@ def feed_forward(linears: FusedLinears, i: int, layer: Any, x: torch.Tensor, act
 def run_attention(
     qkv: torch.Tensor, runs: list[tuple[int, int, int]], heads: int, scale: float
 ) -> torch.Tensor:
-    """Self-attention of packed (tokens, 3*hidden) projections, one unmasked call per run of equal-length rows.
-
-    Length-sorted batches hold few distinct lengths, so this costs a handful of calls per layer and does no
-    work on padding; on CPU it beats one padded, masked call.
-    """
-    width = qkv.shape[-1]
-    d = width // (3 * heads)
-    ctx = qkv.new_empty(qkv.shape[0], width // 3)
-    for first, rows, n in runs:
-        part = qkv[first : first + rows * n].view(rows, n, 3, heads, d).permute(2, 0, 3, 1, 4)
-        q, k, v = part.unbind(0)
-        out = attend(q, k, v, scale)
-        ctx[first : first + rows * n].view(rows, n, heads, d).copy_(out.transpose(1, 2))
-    return ctx
+    """Self-attention of packed (tokens, 3*hidden) projections, one unmasked call per run of equal-length rows
+    (on CPU it beats one padded, masked call)."""
+    q, k, v = qkv.view(qkv.shape[0], 3, heads, -1).unbind(1)
+    return runs_attention(q, k, v, runs, scale)
 
 
 def padded_attention(

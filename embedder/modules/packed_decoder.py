@@ -82,10 +82,11 @@ class PackedDecoder:
                 q, k = att.q_norm(q), att.k_norm(k)
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
             if window is None or window >= layout.seq:
-                ctx = runs_attention(q, k, v, layout, att.scaling, causal=True)
+                ctx = runs_attention(q, k, v, layout.runs, att.scaling, causal=True)
             else:
-                mask = partial(causal_window, window=window, device=x.device)
-                ctx = runs_attention(q, k, v, layout, att.scaling, kind=f"window{window}", make_mask=mask)
+                make = partial(causal_window, window=window, device=x.device)
+                mask = partial(layout.mask, f"window{window}", make=make)
+                ctx = runs_attention(q, k, v, layout.runs, att.scaling, mask_for=mask)
             x = x + att.o_proj(ctx)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return layout.unpack(model.norm(x))

@@ -123,27 +123,28 @@ def runs_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    layout: Layout,
+    runs: list[tuple[int, int, int]],
     scale: float,
     *,
-    kind: str = "full",
-    make_mask: ScoreMask | None = None,
+    mask_for: ScoreMask | None = None,
     causal: bool = False,
 ) -> torch.Tensor:
     """Attention of packed q (tokens, heads, d) over k, v (tokens, kv_heads, d), each row on its own tokens.
 
-    One call per run of equal-length rows, with `make_mask(n)` (a bias or boolean mask for length n) or a
-    causal mask; kv_heads may divide heads (grouped-query attention). Returns (tokens, heads * d).
+    One call per run of equal-length rows (`Layout.runs`), with `mask_for(n)` (a bias or boolean mask for length
+    n, e.g. a `Layout.mask` made once per batch) or a causal mask; kv_heads may divide heads (grouped-query
+    attention). Length-sorted batches hold few distinct lengths, so this costs a handful of calls per layer and
+    does no work on padding. Returns (tokens, heads * d).
     """
     tokens, heads, d = q.shape
     groups = heads // k.shape[1]
     ctx = q.new_empty(tokens, heads, d)
-    for first, rows, n in layout.runs:
+    for first, rows, n in runs:
         span = slice(first, first + rows * n)
         qs, ks, vs = (t[span].view(rows, n, t.shape[1], d).transpose(1, 2) for t in (q, k, v))
         if groups > 1:
             ks, vs = ks.repeat_interleave(groups, dim=1), vs.repeat_interleave(groups, dim=1)
-        extra = layout.mask(kind, n, make_mask) if make_mask is not None else None
+        extra = mask_for(n) if mask_for is not None else None
         out = attend(qs, ks, vs, scale, extra, causal)
         ctx[span].view(rows, n, heads, d).copy_(out.transpose(1, 2))
     return ctx.view(tokens, heads * d)

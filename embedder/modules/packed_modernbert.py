@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -65,9 +66,8 @@ class PackedModernBert:
             cos, sin = rope[layer.attention_type]
             q, k = rotate(q, cos[0], sin[0]), rotate(k, cos[0], sin[0])
             sliding = layer.attention_type == "sliding_attention"
-            ctx = runs_attention(
-                q, k, v, layout, d**-0.5, kind=layer.attention_type, make_mask=local if sliding else None
-            )
+            mask = partial(layout.mask, layer.attention_type, make=local) if sliding else None
+            ctx = runs_attention(q, k, v, layout.runs, d**-0.5, mask_for=mask)
             x = x + att.Wo(ctx)
             x = x + layer.mlp(layer.mlp_norm(x))
         return layout.unpack(model.final_norm(x))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -73,9 +74,8 @@ class PackedMPNet:
             q, k, v = (
                 self.linears((i, "qkv"), x, att.q, att.k, att.v).view(-1, 3, heads, hidden // heads).unbind(1)
             )
-            ctx = runs_attention(
-                q, k, v, layout, att.attention_head_size**-0.5, kind="bias", make_mask=self.position_bias
-            )
+            bias = partial(layout.mask, "bias", make=self.position_bias)
+            ctx = runs_attention(q, k, v, layout.runs, att.attention_head_size**-0.5, mask_for=bias)
             x = layer.attention.LayerNorm(self.linears((i, "o"), ctx, att.o, residual=x))
             x = feed_forward(self.linears, i, layer, x, self.act)
         return layout.unpack(x)
