@@ -4,7 +4,8 @@
 bucket (jobs.buckets), so that a later run joins its own ids with one bucket at a time whatever its file
 layout, reading just that bucket's row group of each file. `_index/_map.parquet` says which row group holds
 which bucket in each file. `part` is the shard index of the part file (the manifest maps it to the file name)
-and `row` the row within it. The index is built at the end of a job by Ray tasks, each over a group of parts (one group: in the driver).
+and `row` the row within it. The index is built at the end of a job by Ray tasks, each over a group of parts
+(a single group: in the driver).
 """
 
 from __future__ import annotations
