@@ -1,4 +1,4 @@
-"""What each part of the bf16 CPU path gives: oneDNN's fused Linears and the short-row attention, on and off.
+"""What each part of the bf16 CPU path gives: oneDNN's fused Linears and the GEMM attention, on and off.
 
 `python -m bench.bf16_paths [--limit 2000] [--rounds 4]` encodes the same texts with one
 `compute_precision="bfloat16"` model in four settings, back to back in rotating order (paired, in one process,
@@ -21,28 +21,28 @@ from bench.encode_defaults import paired
 from bench.metrics import cosine_stats
 from bench.report import markdown_table
 
-SETTINGS = {  # label -> (oneDNN Linears, short-row attention)
+SETTINGS = {  # label -> (oneDNN Linears, GEMM attention)
     "both on (default)": (True, True),
     "oneDNN Linears off": (False, True),
-    "short-row attention off": (True, False),
+    "GEMM attention off": (True, False),
     "both off": (False, False),
 }
 
 
 @contextmanager
-def setting(onednn: bool, short_rows: bool) -> Iterator[None]:
+def setting(onednn: bool, gemm_attention: bool) -> Iterator[None]:
     """Turn the two parts on or off for the duration (module switches, restored after)."""
     from embedder.modules import packed_layout, packed_linear
 
-    saved = packed_linear.uses_onednn, packed_layout.SHORT_ROWS
+    saved = packed_linear.uses_onednn, packed_layout.LONG_ROWS
     if not onednn:
         packed_linear.uses_onednn = lambda x: False
-    if not short_rows:
-        packed_layout.SHORT_ROWS = 0
+    if not gemm_attention:
+        packed_layout.LONG_ROWS = 0
     try:
         yield
     finally:
-        packed_linear.uses_onednn, packed_layout.SHORT_ROWS = saved
+        packed_linear.uses_onednn, packed_layout.LONG_ROWS = saved
 
 
 def variants(model: Any) -> dict[str, Callable[[list[str]], np.ndarray]]:

@@ -76,12 +76,14 @@ def length_runs(lengths: list[int]) -> list[tuple[int, int, int]]:
     return [r for r in runs if r[2] > 0]
 
 
-# Rows up to this long attend faster through plain matmuls (bf16 in, bf16 scores) and an fp32 softmax than through
-# SDPA's flash kernel, whose fixed cost per (row, head) dominates short rows: 1.02-1.06x the whole bf16 MiniLM
-# encode on a 2-core EPYC, vectors unchanged to 1e-6 in cosine. Rows of 64-128 gained nothing, and the same
-# path in fp32 was no faster than flash. Chunks of rows keep each chunk's scores in cache.
-SHORT_ROWS = 48
-SCORE_BUDGET = 1 << 18
+# At bf16/fp16 on CPU, rows up to this long attend through two batched GEMMs (scale folded into the first) and a
+# softmax computed in fp32 with reduced-precision output, a chunk of rows at a time so the scores stay in cache,
+# rather than through SDPA's flash kernel: flash runs 12-105 GFLOP/s on MiniLM's 32-wide heads (2-core EPYC,
+# avx512_bf16), the GEMMs 40-130, at every length from 16 to 512 tokens. The softmax must not be asked for fp32
+# output from bf16 scores: that kernel runs 5-6x slower than the bf16-output one. Longer rows take flash, whose
+# memory does not grow with length squared; so does fp32, where this path was no faster.
+LONG_ROWS = 1024
+SCORE_BUDGET = 1 << 20
 
 
 def attend(
@@ -92,11 +94,11 @@ def attend(
     mask: torch.Tensor | None = None,
     causal: bool = False,
 ) -> torch.Tensor:
-    """SDPA of (rows, heads, n, d) q, k, v; short rows at reduced precision on CPU take matmuls and an fp32
-    softmax instead (see SHORT_ROWS)."""
-    rows, heads, n, _ = q.shape
+    """SDPA of (rows, heads, n, d) q, k, v; at reduced precision on CPU, rows up to LONG_ROWS take batched
+    GEMMs and a softmax instead (see LONG_ROWS)."""
+    rows, heads, n, d = q.shape
     low = q.dtype in (torch.bfloat16, torch.float16)
-    if not (low and q.device.type == "cpu" and n <= SHORT_ROWS):
+    if not (low and q.device.type == "cpu" and n <= LONG_ROWS):
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale
         )
@@ -104,15 +106,18 @@ def attend(
         mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
     out = q.new_empty(q.shape)
     step = max(1, SCORE_BUDGET // (heads * n * n))
+    unused = q.new_empty(1, 1, 1)  # baddbmm's input, ignored at beta=0
     with torch.autocast(q.device.type, enabled=False):  # the dtypes below are chosen, not autocast's
         for r in range(0, rows, step):
             part = slice(r, r + step)
-            scores = torch.matmul(q[part] * scale, k[part].transpose(-1, -2))
+            qc, kc = q[part].contiguous().flatten(0, 1), k[part].contiguous().flatten(0, 1)
+            scores = torch.baddbmm(unused, qc, kc.transpose(1, 2), beta=0.0, alpha=scale)
+            scores = scores.view(-1, heads, n, n)
             if mask is not None:  # as SDPA: a boolean mask marks the keys a query sees, a float one is added
                 scores = (
                     scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
                 )
-            probs = scores.softmax(dim=-1, dtype=torch.float32)
+            probs = scores.softmax(dim=-1)  # fp32 inside; fp32 scores (a float mask added) give fp32 probs
             if mask is not None:  # a query that sees no key gets zeros, as from SDPA, not NaN
                 probs = probs.nan_to_num_(0.0)
             out[part] = torch.matmul(probs.to(v.dtype), v[part])

@@ -14,6 +14,7 @@ from sentence_transformers import SentenceTransformer
 from tiny_archs import SIZES, SPECS, Arch, embedder_conftest, save_tiny_arch
 
 from embedder import EmbeddingModel, encode_loop
+from embedder.modules import packed_layout
 from embedder.modules.packed import packed_forward, packed_support
 from embedder.modules.packed_layout import Layout, attend
 
@@ -132,8 +133,8 @@ def test_an_architecture_without_a_packed_forward_says_so_once(tmp_path, caplog)
 
 @pytest.mark.parametrize("arch", NEW)
 def test_packed_rows_at_bf16_stay_close_to_float32(arch: Arch) -> None:
-    # bf16 hidden states take the oneDNN Linears and, for these short rows, attend's fp32 short-row path with
-    # each architecture's mask (MPNet's bias, ModernBERT's band, the decoders' causal and sliding windows).
+    # bf16 hidden states take the oneDNN Linears and attend's GEMM path (bf16 GEMMs, fp32 softmax) with each
+    # architecture's mask (MPNet's bias, ModernBERT's band, the decoders' causal and sliding windows).
     model = random_model(arch)
     ids, mask = batch(arch, "right")
     with torch.inference_mode():
@@ -156,9 +157,12 @@ def test_a_query_that_sees_no_key_gets_zeros_as_from_sdpa() -> None:
 
 
 @pytest.mark.parametrize("kind", ["none", "bool", "bias", "causal"])
-def test_short_rows_attend_as_sdpa_does(kind: str) -> None:
+def test_gemm_attention_attends_as_sdpa_does(kind: str, monkeypatch) -> None:
+    monkeypatch.setattr(
+        packed_layout, "SCORE_BUDGET", 16 * 4 * 12 * 12
+    )  # 16 rows a chunk: 5 chunks, one short
     gen = torch.Generator().manual_seed(1)
-    q, k, v = (torch.randn(70, 4, 12, 8, generator=gen) for _ in range(3))  # 70 rows: several score chunks
+    q, k, v = (torch.randn(70, 4, 12, 8, generator=gen) for _ in range(3))
     mask = {
         "bool": torch.rand(12, 12, generator=gen) > 0.3,
         "bias": torch.randn(4, 12, 12, generator=gen),
@@ -177,3 +181,8 @@ def test_short_rows_attend_as_sdpa_does(kind: str) -> None:
     assert torch.equal(again, got)
     # float32 (the default precision) keeps SDPA itself: bit for bit
     assert torch.equal(attend(q, k, v, 0.3, mask, causal), want)
+    # and so do rows longer than LONG_ROWS at bf16 (flash: memory linear in length)
+    monkeypatch.setattr(packed_layout, "LONG_ROWS", 11)
+    low = [t.bfloat16() for t in (q, k, v)]
+    sdpa = torch.nn.functional.scaled_dot_product_attention(*low, attn_mask=mask, is_causal=causal, scale=0.3)
+    assert torch.equal(attend(*low, 0.3, mask, causal), sdpa)
