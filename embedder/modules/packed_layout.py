@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -110,18 +111,33 @@ def attend(
     with torch.autocast(q.device.type, enabled=False):  # the dtypes below are chosen, not autocast's
         for r in range(0, rows, step):
             part = slice(r, r + step)
-            qc, kc = q[part].contiguous().flatten(0, 1), k[part].contiguous().flatten(0, 1)
+            qc, kc, vc = (t[part].contiguous().flatten(0, 1) for t in (q, k, v))
             scores = torch.baddbmm(unused, qc, kc.transpose(1, 2), beta=0.0, alpha=scale)
             scores = scores.view(-1, heads, n, n)
             if mask is not None:  # as SDPA: a boolean mask marks the keys a query sees, a float one is added
                 scores = (
                     scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
                 )
-            probs = scores.softmax(dim=-1)  # fp32 inside; fp32 scores (a float mask added) give fp32 probs
+            probs = softmax(scores)
             if mask is not None:  # a query that sees no key gets zeros, as from SDPA, not NaN
                 probs = probs.nan_to_num_(0.0)
-            out[part] = torch.matmul(probs.to(v.dtype), v[part])
+            torch.bmm(probs.to(v.dtype).flatten(0, 1), vc, out=out[part].flatten(0, 1))
     return out
+
+
+def softmax(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim, computed in fp32, through whichever of torch's CPU kernels is faster for its
+    length: reduced-precision output runs 2-3x slower when the row is not a whole number of its vectors."""
+    n, width = scores.shape[-1], fp32_lanes()
+    if scores.dtype == torch.float32 or n < width or n % (2 * width) == 0:
+        return scores.softmax(dim=-1)
+    return scores.softmax(dim=-1, dtype=torch.float32).to(scores.dtype)
+
+
+@functools.cache
+def fp32_lanes() -> int:
+    """fp32 values in one of the vectors torch's CPU kernels run on here."""
+    return 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
 
 
 def runs_attention(

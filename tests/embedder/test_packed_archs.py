@@ -186,3 +186,15 @@ def test_gemm_attention_attends_as_sdpa_does(kind: str, monkeypatch) -> None:
     low = [t.bfloat16() for t in (q, k, v)]
     sdpa = torch.nn.functional.scaled_dot_product_attention(*low, attn_mask=mask, is_causal=causal, scale=0.3)
     assert torch.equal(attend(*low, 0.3, mask, causal), sdpa)
+
+
+@pytest.mark.parametrize("n", [5, 16, 24, 32, 40, 64, 100])
+def test_softmax_is_computed_in_fp32_at_every_row_length(n: int) -> None:
+    # attend's softmax picks torch's bf16-output or fp32-output kernel by row length (speed); both compute in
+    # fp32, so each length gives fp32's softmax rounded once to bf16
+    x = torch.randn(3, 2, 7, n, generator=torch.Generator().manual_seed(n)) * 4
+    got = packed_layout.softmax(x.bfloat16())
+    assert got.dtype == torch.bfloat16
+    want = x.bfloat16().float().softmax(-1)
+    torch.testing.assert_close(got.float(), want, atol=2**-8, rtol=2**-7)
+    assert torch.equal(packed_layout.softmax(x), x.softmax(-1))
