@@ -34,15 +34,15 @@ def setting(onednn: bool, gemm_attention: bool) -> Iterator[None]:
     """Turn the two parts on or off for the duration (module switches, restored after)."""
     from embedder.modules import packed_layout, packed_linear
 
-    saved = packed_linear.uses_onednn, packed_layout.LONG_ROWS
+    saved = packed_linear.uses_onednn, packed_layout.ROW_SCORES
     if not onednn:
         packed_linear.uses_onednn = lambda x: False
     if not gemm_attention:
-        packed_layout.LONG_ROWS = 0
+        packed_layout.ROW_SCORES = 0
     try:
         yield
     finally:
-        packed_linear.uses_onednn, packed_layout.LONG_ROWS = saved
+        packed_linear.uses_onednn, packed_layout.ROW_SCORES = saved
 
 
 def variants(model: Any) -> dict[str, Callable[[list[str]], np.ndarray]]:

@@ -77,13 +77,14 @@ def length_runs(lengths: list[int]) -> list[tuple[int, int, int]]:
     return [r for r in runs if r[2] > 0]
 
 
-# At bf16/fp16 on CPU, rows up to this long attend through two batched GEMMs (scale folded into the first) and a
-# softmax computed in fp32 with reduced-precision output, a chunk of rows at a time so the scores stay in cache,
-# rather than through SDPA's flash kernel: flash runs 12-105 GFLOP/s on MiniLM's 32-wide heads (2-core EPYC,
-# avx512_bf16), the GEMMs 40-130, at every length from 16 to 512 tokens. The softmax must not be asked for fp32
-# output from bf16 scores: that kernel runs 5-6x slower than the bf16-output one. Longer rows take flash, whose
-# memory does not grow with length squared; so does fp32, where this path was no faster.
-LONG_ROWS = 1024
+# At bf16/fp16 on a CPU whose oneDNN runs that dtype natively, a row with at most ROW_SCORES scores (heads x n x
+# n) attends through two batched GEMMs (the scale folded into the first) around a softmax computed in fp32, a
+# chunk of rows at a time so the scores stay in cache, instead of SDPA's flash kernel, which pays a fixed cost
+# per (row, head, block) on small heads: 1.2x flash's speed over MiniLM's real run shapes (2-core EPYC,
+# avx512_bf16), from 16 to 512 tokens. Longer rows take flash, whose memory does not grow with length squared
+# (ROW_SCORES: 1,024 tokens at 12 heads, 24 MiB of bf16 scores); so do fp32, where this path was no faster, and
+# a dtype oneDNN emulates (fp16 without AVX512-FP16/AMX-FP16: its batched GEMMs ran 5x slower than flash).
+ROW_SCORES = 12 << 20
 SCORE_BUDGET = 1 << 20
 
 
@@ -95,11 +96,10 @@ def attend(
     mask: torch.Tensor | None = None,
     causal: bool = False,
 ) -> torch.Tensor:
-    """SDPA of (rows, heads, n, d) q, k, v; at reduced precision on CPU, rows up to LONG_ROWS take batched
-    GEMMs and a softmax instead (see LONG_ROWS)."""
+    """SDPA of (rows, heads, n, d) q, k, v; at reduced precision on CPU, rows of up to ROW_SCORES scores take
+    batched GEMMs and a softmax instead (see ROW_SCORES)."""
     rows, heads, n, d = q.shape
-    low = q.dtype in (torch.bfloat16, torch.float16)
-    if not (low and q.device.type == "cpu" and n <= LONG_ROWS):
+    if not (q.device.type == "cpu" and heads * n * n <= ROW_SCORES and onednn_runs(q.dtype)):
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale
         )
@@ -123,6 +123,22 @@ def attend(
                 probs = probs.nan_to_num_(0.0)
             torch.bmm(probs.to(v.dtype).flatten(0, 1), vc, out=out[part].flatten(0, 1))
     return out
+
+
+def onednn_runs(dtype: torch.dtype) -> bool:
+    """Whether attend's GEMM path runs `dtype` fast here: bf16 or fp16 where this CPU's oneDNN has it natively."""
+    return torch.backends.mkldnn.enabled and _onednn_native(dtype)
+
+
+@functools.cache
+def _onednn_native(dtype: torch.dtype) -> bool:
+    check = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}.get(
+        dtype
+    )
+    try:
+        return bool(check and torch.backends.mkldnn.is_available() and getattr(torch.ops.mkldnn, check)())
+    except (AttributeError, RuntimeError):  # an older or stripped torch: SDPA is right everywhere
+        return False
 
 
 def softmax(scores: torch.Tensor) -> torch.Tensor:

@@ -157,9 +157,9 @@ def test_bf16_paths_settings_switch_each_part_and_restore_it():
     from bench.bf16_paths import setting
     from embedder.modules import packed_layout, packed_linear
 
-    before = packed_linear.uses_onednn, packed_layout.LONG_ROWS
+    before = packed_linear.uses_onednn, packed_layout.ROW_SCORES
     with setting(False, False):
-        assert packed_linear.uses_onednn is not before[0] and packed_layout.LONG_ROWS == 0
+        assert packed_linear.uses_onednn is not before[0] and packed_layout.ROW_SCORES == 0
     with setting(True, False):
-        assert packed_linear.uses_onednn is before[0] and packed_layout.LONG_ROWS == 0
-    assert (packed_linear.uses_onednn, packed_layout.LONG_ROWS) == before
+        assert packed_linear.uses_onednn is before[0] and packed_layout.ROW_SCORES == 0
+    assert (packed_linear.uses_onednn, packed_layout.ROW_SCORES) == before

@@ -181,8 +181,8 @@ def test_gemm_attention_attends_as_sdpa_does(kind: str, monkeypatch) -> None:
     assert torch.equal(again, got)
     # float32 (the default precision) keeps SDPA itself: bit for bit
     assert torch.equal(attend(q, k, v, 0.3, mask, causal), want)
-    # and so do rows longer than LONG_ROWS at bf16 (flash: memory linear in length)
-    monkeypatch.setattr(packed_layout, "LONG_ROWS", 11)
+    # and so do rows of more than ROW_SCORES scores at bf16 (flash: memory linear in length)
+    monkeypatch.setattr(packed_layout, "ROW_SCORES", 4 * 12 * 12 - 1)
     low = [t.bfloat16() for t in (q, k, v)]
     sdpa = torch.nn.functional.scaled_dot_product_attention(*low, attn_mask=mask, is_causal=causal, scale=0.3)
     assert torch.equal(attend(*low, 0.3, mask, causal), sdpa)
@@ -198,3 +198,31 @@ def test_softmax_is_computed_in_fp32_at_every_row_length(n: int) -> None:
     want = x.bfloat16().float().softmax(-1)
     torch.testing.assert_close(got.float(), want, atol=2**-8, rtol=2**-7)
     assert torch.equal(packed_layout.softmax(x), x.softmax(-1))
+
+
+def test_attend_keeps_sdpa_where_onednn_does_not_run_the_dtype(monkeypatch) -> None:
+    # fp16 on a CPU without AVX512-FP16/AMX-FP16 is emulated: its batched GEMMs ran 5x slower than flash
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(6, 4, 20, 8, generator=gen).bfloat16() for _ in range(3))
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.3)
+    assert packed_layout.onednn_runs(torch.float16) == torch.ops.mkldnn._is_mkldnn_fp16_supported()
+    assert not packed_layout.onednn_runs(torch.float32)
+    monkeypatch.setattr(packed_layout, "_onednn_native", lambda dtype: False)
+    assert torch.equal(attend(q, k, v, 0.3), sdpa)
+    monkeypatch.undo()
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert torch.equal(attend(q, k, v, 0.3), sdpa)
+
+
+@pytest.mark.skipif(not packed_layout.onednn_runs(torch.bfloat16), reason="this CPU's oneDNN emulates bf16")
+def test_bf16_attention_takes_the_gemm_path_up_to_row_scores(monkeypatch) -> None:
+    q, k, v = (torch.randn(3, 2, 30, 8).bfloat16() for _ in range(3))
+
+    def no_sdpa(*args: Any, **kwargs: Any) -> torch.Tensor:
+        raise AssertionError("SDPA called")
+
+    monkeypatch.setattr(packed_layout.F, "scaled_dot_product_attention", no_sdpa)
+    assert attend(q, k, v, 0.3).shape == q.shape
+    monkeypatch.setattr(packed_layout, "ROW_SCORES", 2 * 30 * 30 - 1)
+    with pytest.raises(AssertionError, match="SDPA called"):
+        attend(q, k, v, 0.3)
