@@ -78,12 +78,13 @@ def length_runs(lengths: list[int]) -> list[tuple[int, int, int]]:
 
 
 # At bf16/fp16 on a CPU whose oneDNN runs that dtype natively, a row with at most ROW_SCORES scores (heads x n x
-# n) attends through two batched GEMMs (the scale folded into the first) around a softmax computed in fp32, a
-# chunk of rows at a time so the scores stay in cache, instead of SDPA's flash kernel, which pays a fixed cost
-# per (row, head, block) on small heads: 1.2x flash's speed over MiniLM's real run shapes (2-core EPYC,
+# n) attends through two batched GEMMs (the scale folded into the first) around a softmax computed in fp32, in
+# chunks of rows of about SCORE_BUDGET scores (2 MiB at bf16), instead of SDPA's flash kernel, which pays a fixed
+# cost per (row, head, block) on small heads: 1.2x flash's speed over MiniLM's real run shapes (2-core EPYC,
 # avx512_bf16), from 16 to 512 tokens. Longer rows take flash, whose memory does not grow with length squared
-# (ROW_SCORES: 1,024 tokens at 12 heads, 24 MiB of bf16 scores); so do fp32, where this path was no faster, and
-# a dtype oneDNN emulates (fp16 without AVX512-FP16/AMX-FP16: its batched GEMMs ran 5x slower than flash).
+# (at the cap, 1,024 tokens at 12 heads, one row's scores take 24 MiB at bf16, 72 MiB with the fp32 softmax
+# output); so do fp32, where this path was no faster, a dtype oneDNN emulates (fp16 without AVX512-FP16 or
+# AMX-FP16: its batched GEMMs ran 5x slower than flash), and autograd (bmm into `out` has no gradient).
 ROW_SCORES = 12 << 20
 SCORE_BUDGET = 1 << 20
 
@@ -96,15 +97,20 @@ def attend(
     mask: torch.Tensor | None = None,
     causal: bool = False,
 ) -> torch.Tensor:
-    """SDPA of (rows, heads, n, d) q, k, v; at reduced precision on CPU, rows of up to ROW_SCORES scores take
-    batched GEMMs and a softmax instead (see ROW_SCORES)."""
+    """SDPA of (rows, heads, n, d) q, k, v with an (n, n) or (heads, n, n) mask; see ROW_SCORES for the CPU path."""
     rows, heads, n, d = q.shape
-    if not (q.device.type == "cpu" and heads * n * n <= ROW_SCORES and onednn_runs(q.dtype)):
+    gemm = heads * n * n <= ROW_SCORES and onednn_runs(q.dtype) and not torch.is_grad_enabled()
+    if not (gemm and q.device.type == "cpu" and rows * n):
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale
         )
     if causal and mask is None:
         mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+    hidden = None if mask is None or mask.dtype != torch.bool else ~mask
+    if mask is None:
+        blind = False
+    else:  # a query that sees no key gets zeros, as from SDPA, not NaN
+        blind = bool((hidden if hidden is not None else mask.isneginf()).all(-1).any())
     out = q.new_empty(q.shape)
     step = max(1, SCORE_BUDGET // (heads * n * n))
     unused = q.new_empty(1, 1, 1)  # baddbmm's input, ignored at beta=0
@@ -114,12 +120,13 @@ def attend(
             qc, kc, vc = (t[part].contiguous().flatten(0, 1) for t in (q, k, v))
             scores = torch.baddbmm(unused, qc, kc.transpose(1, 2), beta=0.0, alpha=scale)
             scores = scores.view(-1, heads, n, n)
-            if mask is not None:  # as SDPA: a boolean mask marks the keys a query sees, a float one is added
-                scores = (
-                    scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-                )
+            # as SDPA: a boolean mask marks the keys a query sees, a float one is added
+            if hidden is not None:
+                scores = scores.masked_fill_(hidden, float("-inf"))
+            elif mask is not None:
+                scores = scores + mask
             probs = softmax(scores)
-            if mask is not None:  # a query that sees no key gets zeros, as from SDPA, not NaN
+            if blind:
                 probs = probs.nan_to_num_(0.0)
             torch.bmm(probs.to(v.dtype).flatten(0, 1), vc, out=out[part].flatten(0, 1))
     return out
@@ -130,11 +137,12 @@ def onednn_runs(dtype: torch.dtype) -> bool:
     return torch.backends.mkldnn.enabled and _onednn_native(dtype)
 
 
+NATIVE_CHECKS = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}
+
+
 @functools.cache
 def _onednn_native(dtype: torch.dtype) -> bool:
-    check = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}.get(
-        dtype
-    )
+    check = NATIVE_CHECKS.get(dtype)
     try:
         return bool(check and torch.backends.mkldnn.is_available() and getattr(torch.ops.mkldnn, check)())
     except (AttributeError, RuntimeError):  # an older or stripped torch: SDPA is right everywhere
@@ -142,8 +150,9 @@ def _onednn_native(dtype: torch.dtype) -> bool:
 
 
 def softmax(scores: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last dim, computed in fp32, through whichever of torch's CPU kernels is faster for its
-    length: reduced-precision output runs 2-3x slower when the row is not a whole number of its vectors."""
+    """Softmax over the last dim, computed in fp32, through whichever of torch's CPU kernels is faster for its length."""
+    # Measured on AVX-512: the bf16-output kernel runs 2-3x slower than fp32-output + cast when a row is not a
+    # whole number of its 32-lane vectors; below one fp32 vector the fp32-output kernel is the slow one (~10x).
     n, width = scores.shape[-1], fp32_lanes()
     if scores.dtype == torch.float32 or n < width or n % (2 * width) == 0:
         return scores.softmax(dim=-1)
@@ -152,7 +161,7 @@ def softmax(scores: torch.Tensor) -> torch.Tensor:
 
 @functools.cache
 def fp32_lanes() -> int:
-    """fp32 values in one of the vectors torch's CPU kernels run on here."""
+    """fp32 values in one of the vectors torch's CPU kernels run on here (x86: AVX-512 16, else 8)."""
     return 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
 
 

@@ -16,7 +16,7 @@ from tiny_archs import SIZES, SPECS, Arch, embedder_conftest, save_tiny_arch
 from embedder import EmbeddingModel, encode_loop
 from embedder.modules import packed_layout
 from embedder.modules.packed import packed_forward, packed_support
-from embedder.modules.packed_layout import Layout, attend
+from embedder.modules.packed_layout import Layout, attend, length_runs, runs_attention
 
 NEW: tuple[Arch, ...] = ("mpnet", "modernbert", "qwen3", "mistral", "llama")
 PAD = {"mpnet": 1}  # MPNet derives positions from its pad id (1); the others pad with 0 here
@@ -148,19 +148,29 @@ def test_packed_rows_at_bf16_stay_close_to_float32(arch: Arch) -> None:
     assert not low[~real].any()
 
 
-def test_a_query_that_sees_no_key_gets_zeros_as_from_sdpa() -> None:
-    q, k, v = (torch.randn(3, 2, 5, 4).bfloat16() for _ in range(3))
-    mask = torch.ones(5, 5, dtype=torch.bool)
+@pytest.fixture
+def gemm_path(monkeypatch):
+    """attend's GEMM path for bf16 on any CPU (emulated bf16 is slow, not wrong), under no_grad as in encode."""
+    monkeypatch.setattr(packed_layout, "_onednn_native", lambda dtype: dtype == torch.bfloat16)
+    with torch.no_grad():
+        yield
+
+
+@pytest.mark.parametrize("n", [5, 20])  # softmax's bf16-output and fp32-output kernels
+def test_a_query_that_sees_no_key_gets_zeros_as_from_sdpa(gemm_path, n: int) -> None:
+    q, k, v = (torch.randn(3, 2, n, 4).bfloat16() for _ in range(3))
+    mask = torch.ones(n, n, dtype=torch.bool)
     mask[2] = False
     got = attend(q, k, v, 0.5, mask)
-    assert not got.isnan().any() and not got[:, :, 2].any()
+    assert not got.isnan().any() and not got[:, :, 2].any() and got[:, :, 3].any()
+    bias = torch.zeros(n, n).masked_fill_(~mask, float("-inf"))
+    torch.testing.assert_close(attend(q, k, v, 0.5, bias).float(), got.float(), atol=2**-8, rtol=0)
 
 
 @pytest.mark.parametrize("kind", ["none", "bool", "bias", "causal"])
-def test_gemm_attention_attends_as_sdpa_does(kind: str, monkeypatch) -> None:
-    monkeypatch.setattr(
-        packed_layout, "SCORE_BUDGET", 16 * 4 * 12 * 12
-    )  # 16 rows a chunk: 5 chunks, one short
+def test_gemm_attention_attends_as_sdpa_does(gemm_path, kind: str, monkeypatch) -> None:
+    # 16 rows a chunk: 5 chunks, the last one short
+    monkeypatch.setattr(packed_layout, "SCORE_BUDGET", 16 * 4 * 12 * 12)
     gen = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(70, 4, 12, 8, generator=gen) for _ in range(3))
     mask = {
@@ -172,20 +182,46 @@ def test_gemm_attention_attends_as_sdpa_does(kind: str, monkeypatch) -> None:
     want = torch.nn.functional.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, is_causal=causal, scale=0.3
     )
-    got = attend(*(t.bfloat16() for t in (q, k, v)), 0.3, mask, causal)
-    assert got.dtype == torch.bfloat16 and got.shape == want.shape
+    low = [t.bfloat16() for t in (q, k, v)]
+    sdpa = torch.nn.functional.scaled_dot_product_attention(*low, attn_mask=mask, is_causal=causal, scale=0.3)
+    got = attend(*low, 0.3, mask, causal)
+    assert got.dtype == torch.bfloat16 and got.shape == want.shape and not torch.equal(got, sdpa)
     torch.testing.assert_close(got.float(), want, atol=0.05, rtol=0.02)
     # under compute_precision's autocast too (it must not change the path's dtypes)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        again = attend(*(t.bfloat16() for t in (q, k, v)), 0.3, mask, causal)
-    assert torch.equal(again, got)
+        assert torch.equal(attend(*low, 0.3, mask, causal), got)
     # float32 (the default precision) keeps SDPA itself: bit for bit
     assert torch.equal(attend(q, k, v, 0.3, mask, causal), want)
     # and so do rows of more than ROW_SCORES scores at bf16 (flash: memory linear in length)
     monkeypatch.setattr(packed_layout, "ROW_SCORES", 4 * 12 * 12 - 1)
-    low = [t.bfloat16() for t in (q, k, v)]
-    sdpa = torch.nn.functional.scaled_dot_product_attention(*low, attn_mask=mask, is_causal=causal, scale=0.3)
     assert torch.equal(attend(*low, 0.3, mask, causal), sdpa)
+
+
+def test_gemm_attention_on_packed_views_with_grouped_query_heads(gemm_path) -> None:
+    # as the decoders call it: q, k, v are views of one packed projection, 4 query heads share 2 kv heads
+    lengths = [20, 20, 7, 33, 33, 33]
+    gen = torch.Generator().manual_seed(3)
+    proj = torch.randn(sum(lengths), 8, 16, generator=gen)
+    q, k, v = proj.bfloat16().split([4, 2, 2], dim=1)
+    got = runs_attention(q, k, v, length_runs(lengths), 0.25, causal=True).float()
+    start = 0
+    for n in lengths:
+        qs, ks, vs = (t[start : start + n].float().transpose(0, 1) for t in (q, k, v))
+        ks, vs = ks.repeat_interleave(2, dim=0), vs.repeat_interleave(2, dim=0)
+        want = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=0.25)
+        torch.testing.assert_close(
+            got[start : start + n], want.transpose(0, 1).reshape(n, -1), atol=0.05, rtol=0.02
+        )
+        start += n
+
+
+def test_attention_with_autograd_on_keeps_sdpa(monkeypatch) -> None:
+    monkeypatch.setattr(packed_layout, "_onednn_native", lambda dtype: dtype == torch.bfloat16)
+    q, k, v = (torch.randn(3, 2, 10, 8).bfloat16().requires_grad_() for _ in range(3))
+    got = attend(q, k, v, 0.3)
+    assert torch.equal(got, torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.3))
+    got.sum().backward()
+    assert q.grad is not None
 
 
 @pytest.mark.parametrize("n", [5, 16, 24, 32, 40, 64, 100])
@@ -207,15 +243,15 @@ def test_attend_keeps_sdpa_where_onednn_does_not_run_the_dtype(monkeypatch) -> N
     sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.3)
     assert packed_layout.onednn_runs(torch.float16) == torch.ops.mkldnn._is_mkldnn_fp16_supported()
     assert not packed_layout.onednn_runs(torch.float32)
-    monkeypatch.setattr(packed_layout, "_onednn_native", lambda dtype: False)
-    assert torch.equal(attend(q, k, v, 0.3), sdpa)
-    monkeypatch.undo()
-    with torch.backends.mkldnn.flags(enabled=False):
+    with torch.no_grad():
+        monkeypatch.setattr(packed_layout, "_onednn_native", lambda dtype: False)
         assert torch.equal(attend(q, k, v, 0.3), sdpa)
+        monkeypatch.setattr(packed_layout, "_onednn_native", lambda dtype: True)
+        with torch.backends.mkldnn.flags(enabled=False):
+            assert torch.equal(attend(q, k, v, 0.3), sdpa)
 
 
-@pytest.mark.skipif(not packed_layout.onednn_runs(torch.bfloat16), reason="this CPU's oneDNN emulates bf16")
-def test_bf16_attention_takes_the_gemm_path_up_to_row_scores(monkeypatch) -> None:
+def test_bf16_attention_takes_the_gemm_path_up_to_row_scores(gemm_path, monkeypatch) -> None:
     q, k, v = (torch.randn(3, 2, 30, 8).bfloat16() for _ in range(3))
 
     def no_sdpa(*args: Any, **kwargs: Any) -> torch.Tensor:
