@@ -97,7 +97,8 @@ def attend(
     mask: torch.Tensor | None = None,
     causal: bool = False,
 ) -> torch.Tensor:
-    """SDPA of (rows, heads, n, d) q, k, v with an (n, n) or (heads, n, n) mask; see ROW_SCORES for the CPU path."""
+    """SDPA of (rows, heads, n, d) q, k, v with an (n, n), (heads, n, n) or per-row (rows, 1 or heads, n or 1, n)
+    mask; see ROW_SCORES for the CPU path."""
     rows, heads, n, d = q.shape
     gemm = heads * n * n <= ROW_SCORES and onednn_runs(q.dtype) and not torch.is_grad_enabled()
     if not (gemm and q.device.type == "cpu" and rows * n):
@@ -122,9 +123,9 @@ def attend(
             scores = scores.view(-1, heads, n, n)
             # as SDPA: a boolean mask marks the keys a query sees, a float one is added
             if hidden is not None:
-                scores = scores.masked_fill_(hidden, float("-inf"))
+                scores = scores.masked_fill_(hidden[part] if hidden.dim() == 4 else hidden, float("-inf"))
             elif mask is not None:
-                scores = scores + mask
+                scores = scores + (mask[part] if mask.dim() == 4 else mask)
             probs = softmax(scores)
             if blind:
                 probs = probs.nan_to_num_(0.0)
@@ -185,6 +186,11 @@ def runs_attention(
     tokens, heads, d = q.shape
     groups = heads // k.shape[1]
     ctx = q.new_empty(tokens, heads, d)
+    if mask_for is None and not causal and groups == 1 and gemm_attention(q):
+        merged = merge_runs(runs, heads)
+        runs = [group[0] for group in merged if len(group) == 1]
+        for group in (g for g in merged if len(g) > 1):
+            padded_attention(q, k, v, group, scale, ctx)
     for first, rows, n in runs:
         span = slice(first, first + rows * n)
         qs, ks, vs = (t[span].view(rows, n, t.shape[1], d).transpose(1, 2) for t in (q, k, v))
@@ -194,6 +200,68 @@ def runs_attention(
         out = attend(qs, ks, vs, scale, extra, causal)
         ctx[span].view(rows, n, heads, d).copy_(out.transpose(1, 2))
     return ctx.view(tokens, heads * d)
+
+
+# Merging a run into its neighbours' call may add up to this many padded scores (heads x rows x (m^2 - n^2)):
+# about what one more attend call costs on this path (~0.3-0.5 ms of baddbmm, softmax, bmm and copies at
+# ~2.5 ns a score). Small encode calls split a batch into many runs of one or two rows.
+PAD_SCORES = 1 << 17
+
+
+def merge_runs(runs: list[tuple[int, int, int]], heads: int) -> list[list[tuple[int, int, int]]]:
+    """Consecutive runs grouped so that padding each group's rows to its longest adds at most PAD_SCORES
+    scores per merge."""
+    groups: list[list[tuple[int, int, int]]] = []
+    waste = 0
+    for run in runs:
+        if groups:
+            group = groups[-1]
+            longest = max(run[2], max(n for _, _, n in group))
+            merged = heads * sum(rows * (longest * longest - n * n) for _, rows, n in (*group, run))
+            if merged - waste <= PAD_SCORES:
+                group.append(run)
+                waste = merged
+                continue
+        groups.append([run])
+        waste = 0
+    return groups
+
+
+def gemm_attention(q: torch.Tensor) -> bool:
+    """Whether attend would take its GEMM path for q's device and dtype (lengths aside)."""
+    return q.device.type == "cpu" and onednn_runs(q.dtype) and not torch.is_grad_enabled()
+
+
+def padded_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    group: list[tuple[int, int, int]],
+    scale: float,
+    ctx: torch.Tensor,
+) -> None:
+    """Unmasked attention of several runs in one attend call, each row padded to the group's longest with its
+    padding keys masked; writes each row's real tokens into ctx (tokens, heads, d)."""
+    heads, d = q.shape[1], q.shape[2]
+    rows = sum(r for _, r, _ in group)
+    longest = max(n for _, _, n in group)
+    # zeros, not garbage: a masked key's probability is 0, and 0 x NaN would reach the real rows through v
+    qb, kb, vb = (t.new_zeros(rows, heads, longest, d) for t in (q, k, v))
+    lengths = torch.empty(rows, dtype=torch.long)
+    row = 0
+    for first, r, n in group:
+        span = slice(first, first + r * n)
+        for t, b in ((q, qb), (k, kb), (v, vb)):
+            b[row : row + r, :, :n].copy_(t[span].view(r, n, heads, d).transpose(1, 2))
+        lengths[row : row + r] = n
+        row += r
+    keys = torch.arange(longest)[None, :] < lengths[:, None]
+    out = attend(qb, kb, vb, scale, keys.to(q.device)[:, None, None, :])
+    row = 0
+    for first, r, n in group:
+        span = slice(first, first + r * n)
+        ctx[span].view(r, n, heads, d).copy_(out[row : row + r, :, :n].transpose(1, 2))
+        row += r
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

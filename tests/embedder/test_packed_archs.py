@@ -262,3 +262,43 @@ def test_bf16_attention_takes_the_gemm_path_up_to_row_scores(gemm_path, monkeypa
     monkeypatch.setattr(packed_layout, "ROW_SCORES", 2 * 30 * 30 - 1)
     with pytest.raises(AssertionError, match="SDPA called"):
         attend(q, k, v, 0.3)
+
+
+def test_merge_runs_groups_neighbours_while_the_padding_stays_small(monkeypatch) -> None:
+    runs = length_runs([10, 11, 11, 40, 40, 40, 200])
+    groups = packed_layout.merge_runs(runs, heads=2)
+    assert [r for g in groups for r in g] == runs  # every run once, in order
+    # 10 and 11 share a call; so does the run of 40 (2 x (1600 - 100 + 2 x (1600 - 121)) padded scores);
+    # padding all six rows to the 200-token one would add ~470,000 scores, past PAD_SCORES
+    assert [len(g) for g in groups] == [3, 1]
+    monkeypatch.setattr(packed_layout, "PAD_SCORES", -1)
+    assert [len(g) for g in packed_layout.merge_runs(runs, heads=2)] == [1, 1, 1, 1]
+
+
+def test_merged_runs_attend_each_row_on_its_own_tokens(gemm_path, monkeypatch) -> None:
+    lengths = [3, 5, 5, 9, 9, 9, 12]
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(sum(lengths), 4, 8, generator=gen) for _ in range(3))
+    runs = length_runs(lengths)
+    monkeypatch.setattr(packed_layout, "PAD_SCORES", 1 << 30)
+    assert len(packed_layout.merge_runs(runs, heads=4)) == 1
+    merged = runs_attention(*(t.bfloat16() for t in (q, k, v)), runs, 0.3).float()
+    monkeypatch.setattr(packed_layout, "PAD_SCORES", -1)
+    alone = runs_attention(*(t.bfloat16() for t in (q, k, v)), runs, 0.3).float()
+    start = 0
+    for n in lengths:
+        qs, ks, vs = (t[start : start + n].transpose(0, 1) for t in (q, k, v))
+        want = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, scale=0.3).transpose(0, 1)
+        for got in (merged, alone):
+            torch.testing.assert_close(got[start : start + n], want.reshape(n, -1), atol=0.05, rtol=0.02)
+        start += n
+    assert not merged.isnan().any()
+
+
+def test_attend_takes_a_per_row_key_mask(gemm_path) -> None:
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(5, 2, 7, 8, generator=gen) for _ in range(3))
+    keys = (torch.arange(7)[None, :] < torch.tensor([7, 3, 5, 1, 6])[:, None])[:, None, None, :]
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keys, scale=0.3)
+    got = attend(*(t.bfloat16() for t in (q, k, v)), 0.3, keys)
+    torch.testing.assert_close(got.float(), want, atol=0.05, rtol=0.02)
