@@ -97,8 +97,8 @@ def attend(
     mask: torch.Tensor | None = None,
     causal: bool = False,
 ) -> torch.Tensor:
-    """SDPA of (rows, heads, n, d) q, k, v with an (n, n), (heads, n, n) or per-row (rows, 1 or heads, n or 1, n)
-    mask; see ROW_SCORES for the CPU path."""
+    """SDPA of (rows, heads, n, d) q, k, v; see ROW_SCORES for the CPU path."""
+    # mask: (n, n), (heads, n, n) or per row (rows, 1 or heads, 1 or n, n); boolean marks keys seen, float adds
     rows, heads, n, d = q.shape
     gemm = heads * n * n <= ROW_SCORES and onednn_runs(q.dtype) and not torch.is_grad_enabled()
     if not (gemm and q.device.type == "cpu" and rows * n):
@@ -209,8 +209,7 @@ PAD_SCORES = 1 << 17
 
 
 def merge_runs(runs: list[tuple[int, int, int]], heads: int) -> list[list[tuple[int, int, int]]]:
-    """Consecutive runs grouped so that padding each group's rows to its longest adds at most PAD_SCORES
-    scores per merge."""
+    """Consecutive runs in groups, each merge adding at most PAD_SCORES padded scores (rows to the longest)."""
     groups: list[list[tuple[int, int, int]]] = []
     waste = 0
     for run in runs:
@@ -240,8 +239,8 @@ def padded_attention(
     scale: float,
     ctx: torch.Tensor,
 ) -> None:
-    """Unmasked attention of several runs in one attend call, each row padded to the group's longest with its
-    padding keys masked; writes each row's real tokens into ctx (tokens, heads, d)."""
+    """Unmasked attention of a group of runs in one attend call, written into ctx (tokens, heads, d)."""
+    # each row is padded to the group's longest; its padding keys are masked, its padding queries dropped
     heads, d = q.shape[1], q.shape[2]
     rows = sum(r for _, r, _ in group)
     longest = max(n for _, _, n in group)
