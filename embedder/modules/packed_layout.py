@@ -96,12 +96,19 @@ def attend(
     scale: float,
     mask: torch.Tensor | None = None,
     causal: bool = False,
+    key_runs: list[tuple[int, int]] | None = None,
 ) -> torch.Tensor:
     """SDPA of (rows, heads, n, d) q, k, v; see ROW_SCORES for the CPU path."""
-    # mask: (n, n), (heads, n, n) or per row (rows, 1 or heads, 1 or n, n); boolean marks keys seen, float adds
+    # mask: (n, n), (heads, n, n) or per row (rows, 1 or heads, 1 or n, n); boolean marks keys seen, float adds.
+    # key_runs: (rows, keys) for consecutive runs of rows, each row seeing its first `keys` keys only (padding
+    # after them); the GEMM path fills those scores' slices rather than masking every score.
     rows, heads, n, d = q.shape
     gemm = heads * n * n <= ROW_SCORES and onednn_runs(q.dtype) and not torch.is_grad_enabled()
-    if not (gemm and q.device.type == "cpu" and rows * n):
+    gemm = gemm and q.device.type == "cpu" and rows * n > 0
+    if key_runs is not None and (mask is not None or causal or not gemm):
+        mask = with_key_runs(mask, key_runs, n, q.device)
+        key_runs = None
+    if not gemm:
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale
         )
@@ -109,7 +116,7 @@ def attend(
         mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
     hidden = None if mask is None or mask.dtype != torch.bool else ~mask
     if mask is None:
-        blind = False
+        blind = any(rows and not keys for rows, keys in key_runs or ())
     else:  # a query that sees no key gets zeros, as from SDPA, not NaN
         blind = bool((hidden if hidden is not None else mask.isneginf()).all(-1).any())
     out = q.new_empty(q.shape)
@@ -126,11 +133,36 @@ def attend(
                 scores = scores.masked_fill_(hidden[part] if hidden.dim() == 4 else hidden, float("-inf"))
             elif mask is not None:
                 scores = scores + (mask[part] if mask.dim() == 4 else mask)
+            elif key_runs is not None:
+                hide_padding(scores, key_runs, r)
             probs = softmax(scores)
             if blind:
                 probs = probs.nan_to_num_(0.0)
             torch.bmm(probs.to(v.dtype).flatten(0, 1), vc, out=out[part].flatten(0, 1))
     return out
+
+
+def with_key_runs(
+    mask: torch.Tensor | None, key_runs: list[tuple[int, int]], n: int, device: torch.device
+) -> torch.Tensor:
+    """`mask` (None, boolean or float) with each row's keys past its `key_runs` count hidden, per row."""
+    lengths = torch.tensor([keys for rows, keys in key_runs for _ in range(rows)], device=device)
+    seen = (torch.arange(n, device=device)[None, :] < lengths[:, None])[:, None, None, :]
+    if mask is None:
+        return seen
+    if mask.dtype == torch.bool:
+        return mask & seen
+    return mask + torch.zeros(seen.shape, dtype=mask.dtype, device=device).masked_fill_(~seen, float("-inf"))
+
+
+def hide_padding(scores: torch.Tensor, key_runs: list[tuple[int, int]], first: int) -> None:
+    """Set to -inf the scores of keys past each row's count, for scores (rows, heads, n, n) from row `first` on."""
+    start, n = 0, scores.shape[-1]
+    for rows, keys in key_runs:
+        lo, hi = max(start - first, 0), min(start + rows - first, scores.shape[0])
+        if lo < hi and keys < n:
+            scores[lo:hi, :, :, keys:].fill_(float("-inf"))
+        start += rows
 
 
 def onednn_runs(dtype: torch.dtype) -> bool:
@@ -246,16 +278,13 @@ def padded_attention(
     longest = max(n for _, _, n in group)
     # zeros, not garbage: a masked key's probability is 0, and 0 x NaN would reach the real rows through v
     qb, kb, vb = (t.new_zeros(rows, heads, longest, d) for t in (q, k, v))
-    lengths = torch.empty(rows, dtype=torch.long)
     row = 0
     for first, r, n in group:
         span = slice(first, first + r * n)
         for t, b in ((q, qb), (k, kb), (v, vb)):
             b[row : row + r, :, :n].copy_(t[span].view(r, n, heads, d).transpose(1, 2))
-        lengths[row : row + r] = n
         row += r
-    keys = torch.arange(longest)[None, :] < lengths[:, None]
-    out = attend(qb, kb, vb, scale, keys.to(q.device)[:, None, None, :])
+    out = attend(qb, kb, vb, scale, key_runs=[(r, n) for _, r, n in group])
     row = 0
     for first, r, n in group:
         span = slice(first, first + r * n)

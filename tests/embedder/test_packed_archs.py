@@ -302,3 +302,30 @@ def test_attend_takes_a_per_row_key_mask(gemm_path) -> None:
     want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keys, scale=0.3)
     got = attend(*(t.bfloat16() for t in (q, k, v)), 0.3, keys)
     torch.testing.assert_close(got.float(), want, atol=0.05, rtol=0.02)
+
+
+@pytest.mark.parametrize("budget", [1 << 20, 2 * 7 * 7 * 2])  # one chunk; chunks of two rows that cut runs
+def test_key_runs_hide_each_rows_padding_keys(gemm_path, monkeypatch, budget: int) -> None:
+    monkeypatch.setattr(packed_layout, "SCORE_BUDGET", budget)
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(6, 2, 7, 8, generator=gen) for _ in range(3))
+    key_runs = [(1, 3), (3, 5), (2, 7)]
+    lengths = torch.tensor([3, 5, 5, 5, 7, 7])
+    keys = (torch.arange(7)[None, :] < lengths[:, None])[:, None, None, :]
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keys, scale=0.3)
+    low = [t.bfloat16() for t in (q, k, v)]
+    got = attend(*low, 0.3, key_runs=key_runs)
+    torch.testing.assert_close(got.float(), want, atol=0.05, rtol=0.02)
+    assert torch.equal(got, attend(*low, 0.3, keys))  # the same scores hidden as by the boolean mask
+    # with another mask, or off the GEMM path, the runs become a per-row mask
+    causal = torch.ones(7, 7, dtype=torch.bool).tril()
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keys & causal, scale=0.3)
+    torch.testing.assert_close(attend(*low, 0.3, causal, key_runs=key_runs).float(), want, atol=0.05, rtol=0.02)
+    monkeypatch.setattr(packed_layout, "ROW_SCORES", 0)
+    torch.testing.assert_close(attend(*low, 0.3, key_runs=key_runs), got, atol=2**-7, rtol=0.02)
+
+
+def test_a_row_with_no_keys_in_key_runs_gets_zeros(gemm_path) -> None:
+    q, k, v = (torch.randn(3, 2, 5, 4).bfloat16() for _ in range(3))
+    got = attend(q, k, v, 0.5, key_runs=[(1, 5), (1, 0), (1, 2)])
+    assert not got.isnan().any() and not got[1].any() and got[2].any()
