@@ -320,7 +320,9 @@ def test_key_runs_hide_each_rows_padding_keys(gemm_path, monkeypatch, budget: in
     # with another mask, or off the GEMM path, the runs become a per-row mask
     causal = torch.ones(7, 7, dtype=torch.bool).tril()
     want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keys & causal, scale=0.3)
-    torch.testing.assert_close(attend(*low, 0.3, causal, key_runs=key_runs).float(), want, atol=0.05, rtol=0.02)
+    torch.testing.assert_close(
+        attend(*low, 0.3, causal, key_runs=key_runs).float(), want, atol=0.05, rtol=0.02
+    )
     monkeypatch.setattr(packed_layout, "ROW_SCORES", 0)
     torch.testing.assert_close(attend(*low, 0.3, key_runs=key_runs), got, atol=2**-7, rtol=0.02)
 
