@@ -29,6 +29,8 @@ class CpuFeatures:
 
     model_name: str
     flags: frozenset[str]
+    # x86 "cpu family" and "model" numbers: they tell generations apart where a VM's name does not ("AMD EPYC")
+    family: str = ""
 
     @property
     def native_bf16(self) -> bool:
@@ -46,10 +48,11 @@ class CpuFeatures:
         return "amx_tile" in self.flags
 
     def summary(self) -> str:
-        """One line: the model name, the flags of FEATURE_FLAGS it has, and native bf16/int8."""
+        """One line: the model name (and family), the flags of FEATURE_FLAGS it has, and native bf16/int8."""
         have = [f for f in FEATURE_FLAGS if f in self.flags]
+        family = f" ({self.family})" if self.family else ""
         return (
-            f"{self.model_name}; flags: {' '.join(have) or 'none of ' + ', '.join(FEATURE_FLAGS)}; "
+            f"{self.model_name}{family}; flags: {' '.join(have) or 'none of ' + ', '.join(FEATURE_FLAGS)}; "
             f"native bf16: {'yes' if self.native_bf16 else 'no'}; native int8: "
             f"{'yes' if self.native_int8 else 'no'}"
         )
@@ -58,6 +61,7 @@ class CpuFeatures:
 def parse_cpuinfo(text: str) -> CpuFeatures:
     """CpuFeatures from /proc/cpuinfo text (x86 "flags", ARM "Features"); the first processor's entry is used."""
     name = ""
+    numbers: dict[str, str] = {}
     flags: frozenset[str] | None = None
     for line in text.splitlines():
         key, sep, value = line.partition(":")
@@ -68,7 +72,10 @@ def parse_cpuinfo(text: str) -> CpuFeatures:
             name = value.strip()
         elif key in ("flags", "features") and flags is None:
             flags = frozenset(value.split())
-    return CpuFeatures(model_name=name or "unknown CPU", flags=flags or frozenset())
+        elif key in ("cpu family", "model"):
+            numbers.setdefault(key, value.strip())
+    family = ", ".join(f"{'family' if k == 'cpu family' else k} {v}" for k, v in sorted(numbers.items()))
+    return CpuFeatures(model_name=name or "unknown CPU", flags=flags or frozenset(), family=family)
 
 
 def cpu_features(path: str = CPUINFO_PATH) -> CpuFeatures:

@@ -29,7 +29,7 @@ processor\t: 1
 model name\t: ignored second entry
 flags\t\t: fpu
 """
-EPYC = "model name\t: AMD EPYC 9654\nflags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16\n"
+EPYC = "cpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC 9654\nflags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16\n"
 OLD = "model name\t: Intel(R) Xeon(R) CPU E5-2680 v4\nflags\t\t: fpu avx avx2 fma\n"
 ARM = "processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\nCPU part\t: 0xd40\n"
 
@@ -143,11 +143,12 @@ def test_cpu_features_from_cpuinfo_text():
     epyc = parse_cpuinfo(EPYC)
     assert (epyc.native_bf16, epyc.native_int8, epyc.amx) == (True, True, False)
     assert "native bf16: yes" in epyc.summary() and "avx512_bf16" in epyc.summary()
+    assert epyc.summary().startswith("AMD EPYC 9654 (family 25, model 17); ")
     old = parse_cpuinfo(OLD)
     assert (old.native_bf16, old.native_int8) == (False, False)
     assert "native bf16: no" in old.summary()
     arm = parse_cpuinfo(ARM)
-    assert arm.model_name == "unknown CPU" and "bf16" in arm.flags and not arm.native_bf16
+    assert arm.model_name == "unknown CPU" and not arm.family and "bf16" in arm.flags and not arm.native_bf16
 
 
 def test_emulated_bfloat16_warns_and_names_the_missing_flags():
