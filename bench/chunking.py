@@ -22,7 +22,7 @@ def cpu_name() -> str:
     """The CPU model, for the table's heading."""
     from embedder.cpu import cpu_features
 
-    return cpu_features().model_name
+    return cpu_features().name
 
 
 def main() -> None:

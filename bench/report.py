@@ -89,20 +89,14 @@ def machine_description(extra: dict[str, str] | None = None) -> dict[str, str]:
     import torch
     import transformers
 
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from embedder.cpu import cpu_features
+
+    cpu = cpu_features().name
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     flags = open("/proc/cpuinfo", encoding="utf-8").read() if os.path.exists("/proc/cpuinfo") else ""
     isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "baseline"
     out = {
-        "cpu": f"{cpu} ({isa})",
+        "cpu": f"{cpu}, {isa}",
         "cores": str(os.cpu_count()),
         "memory": f"{mem:.0f} GiB",
         "python": platform.python_version(),

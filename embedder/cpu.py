@@ -47,12 +47,16 @@ class CpuFeatures:
         """Whether the CPU has AMX tiles (matrix units: bf16/int8 GEMMs several times AVX-512's)."""
         return "amx_tile" in self.flags
 
+    @property
+    def name(self) -> str:
+        """The model name, with the family and model numbers where /proc/cpuinfo gives them."""
+        return f"{self.model_name} ({self.family})" if self.family else self.model_name
+
     def summary(self) -> str:
-        """One line: the model name (and family), the flags of FEATURE_FLAGS it has, and native bf16/int8."""
+        """One line: the name, the flags of FEATURE_FLAGS it has, and native bf16/int8."""
         have = [f for f in FEATURE_FLAGS if f in self.flags]
-        family = f" ({self.family})" if self.family else ""
         return (
-            f"{self.model_name}{family}; flags: {' '.join(have) or 'none of ' + ', '.join(FEATURE_FLAGS)}; "
+            f"{self.name}; flags: {' '.join(have) or 'none of ' + ', '.join(FEATURE_FLAGS)}; "
             f"native bf16: {'yes' if self.native_bf16 else 'no'}; native int8: "
             f"{'yes' if self.native_int8 else 'no'}"
         )
