@@ -10,7 +10,7 @@ import torch
 
 from embedder import batching
 from embedder.device_io import HostCollector, to_device
-from embedder.modules.transformer import PACKED_KEY
+from embedder.modules.base import PACKED_KEY
 from embedder.prefetch import prefetch as run_ahead
 
 Batching = Literal["auto", "tokens", "sentence-transformers"]

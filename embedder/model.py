@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 from collections import OrderedDict
@@ -11,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import transformers
 
 from embedder import encode_loop, hub, images, outputs
 from embedder.backends import Backend, check_backend
@@ -22,9 +22,8 @@ from embedder.compute_precision import (
     warn_if_emulated,
 )
 from embedder.modules import LoadOptions, Module, module_class, type_name_for
-from embedder.modules.base import read_json_file
+from embedder.modules.base import PACKED_KEY, read_json_file
 from embedder.modules.router import TEXT_MODALITY
-from embedder.modules.transformer import PACKED_KEY
 from embedder.outputs import OutputValue
 from embedder.quantize import Precision, check_precision, quantize_embeddings
 from embedder.similarity import (
@@ -460,7 +459,7 @@ class EmbeddingModel(torch.nn.Sequential):
             "model_type": "SentenceTransformer",
             "__version__": {
                 "embedder": __version__,
-                "transformers": transformers.__version__,
+                "transformers": importlib.metadata.version("transformers"),
                 "pytorch": torch.__version__,
             },
             "prompts": self.prompts,

@@ -8,8 +8,8 @@ from typing import Any, Literal, get_args
 
 import torch
 
+from embedder.modules.base import PACKED_KEY
 from embedder.modules.router import TEXT_MODALITY
-from embedder.modules.transformer import PACKED_KEY
 from embedder.quantize import quantize_embeddings
 
 OutputValue = Literal["sentence_embedding", "token_embeddings", None]

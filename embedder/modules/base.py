@@ -12,6 +12,8 @@ from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
 
 Features = dict[str, Any]
+# A feature that asks forward for the unpadded (packed) path when the model supports it.
+PACKED_KEY = "packed_forward"
 
 SAFETENSORS_NAME = "model.safetensors"
 PICKLE_NAME = "pytorch_model.bin"

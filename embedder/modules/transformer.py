@@ -16,7 +16,7 @@ from embedder.backends import Backend, check_backend
 from embedder.backends.load import load_runner, split_backend_kwargs
 from embedder.backends.runtime import BackendRunner
 from embedder.batching import pad_rows
-from embedder.modules.base import Features, InputModule, LoadOptions, load_config, save_config
+from embedder.modules.base import PACKED_KEY, Features, InputModule, LoadOptions, load_config, save_config
 from embedder.modules.packed import PACKED_ATTENTION, PackedForward, packed_forward, packed_support
 
 CONFIG_FILE = "sentence_bert_config.json"
@@ -33,8 +33,6 @@ SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 # Inputs a Hugging Face forward pass takes from our features; the rest (prompt_length, task...) is ours.
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
-# A feature that asks forward for the unpadded (packed) path when the model supports it.
-PACKED_KEY = "packed_forward"
 # transformers renamed `torch_dtype` to `dtype` in 4.56.
 DTYPE_KEY = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
 

@@ -258,3 +258,25 @@ def test_token_batching_keeps_input_order_and_tokenises_once(monkeypatch) -> Non
         modules=[STStatic(tiny_tokenizer(), embedding_weights=weights)], device="cpu"
     )
     assert_parity(default, theirs.encode(texts))
+
+
+def test_a_static_model_loads_and_encodes_without_importing_transformers(tmp_path) -> None:
+    # a job's replica imports what its model needs: transformers costs ~0.5 s of each replica's start
+    import subprocess
+    import sys
+
+    from embedder import EmbeddingModel
+
+    folder = str(tmp_path / "static")
+    EmbeddingModel(
+        modules=[StaticEmbedding(tiny_tokenizer(), embedding_weights=random_weights())]
+    ).save_pretrained(folder)
+    code = (
+        "import sys; from embedder import EmbeddingModel; "
+        f"EmbeddingModel({folder!r}, device='cpu').encode(['the cat sat']); "
+        "print(sorted(m for m in ('transformers', 'sentence_transformers') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stderr
