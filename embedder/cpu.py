@@ -29,8 +29,9 @@ class CpuFeatures:
 
     model_name: str
     flags: frozenset[str]
-    # x86 "cpu family" and "model" numbers: they tell generations apart where a VM's name does not ("AMD EPYC")
-    family: str = ""
+    # x86 "cpu family" and "model" numbers ("family 25, model 17"): they tell generations apart where a VM's
+    # name does not ("AMD EPYC")
+    cpuid: str = ""
 
     @property
     def native_bf16(self) -> bool:
@@ -50,7 +51,7 @@ class CpuFeatures:
     @property
     def name(self) -> str:
         """The model name, with the family and model numbers where /proc/cpuinfo gives them."""
-        return f"{self.model_name} ({self.family})" if self.family else self.model_name
+        return f"{self.model_name} ({self.cpuid})" if self.cpuid else self.model_name
 
     def summary(self) -> str:
         """One line: the name, the flags of FEATURE_FLAGS it has, and native bf16/int8."""
@@ -76,10 +77,10 @@ def parse_cpuinfo(text: str) -> CpuFeatures:
             name = value.strip()
         elif key in ("flags", "features") and flags is None:
             flags = frozenset(value.split())
-        elif key in ("cpu family", "model"):
+        elif key in ("cpu family", "model") and value.strip().isdigit():  # x86's numbers, not POWER's text
             numbers.setdefault(key, value.strip())
-    family = ", ".join(f"{'family' if k == 'cpu family' else k} {v}" for k, v in sorted(numbers.items()))
-    return CpuFeatures(model_name=name or "unknown CPU", flags=flags or frozenset(), family=family)
+    cpuid = ", ".join(f"{'family' if k == 'cpu family' else k} {v}" for k, v in sorted(numbers.items()))
+    return CpuFeatures(model_name=name or "unknown CPU", flags=flags or frozenset(), cpuid=cpuid)
 
 
 def cpu_features(path: str = CPUINFO_PATH) -> CpuFeatures:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import sys
 from collections import OrderedDict
 from collections.abc import Iterable
 from itertools import chain
@@ -459,7 +460,7 @@ class EmbeddingModel(torch.nn.Sequential):
             "model_type": "SentenceTransformer",
             "__version__": {
                 "embedder": __version__,
-                "transformers": importlib.metadata.version("transformers"),
+                "transformers": _version("transformers"),
                 "pytorch": torch.__version__,
             },
             "prompts": self.prompts,
@@ -591,6 +592,17 @@ def _default_pipeline(root: str, options: LoadOptions) -> OrderedDict[str, Modul
         transformer.get_word_embedding_dimension(), pooling_mode="lasttoken" if causal else "mean"
     )
     return OrderedDict([("0", transformer), ("1", pooling)])
+
+
+def _version(package: str) -> str | None:
+    """`package`'s version: the imported module's, else its installed metadata's, else None."""
+    module = sys.modules.get(package)
+    if module is not None and hasattr(module, "__version__"):
+        return module.__version__
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _write_json(file: str, obj: Any, sort_keys: bool = False) -> None:

@@ -171,7 +171,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("already_complete"):
         lines[1:] = ["  already complete: nothing to do (no model loaded)"]
     if t := summary.get("timings"):
-        names = {"plan": "plan", "ray_start": "Ray start", "model_load": "model load", "key_pass": "key pass",
+        names = {"plan": "plan", "ray_start": "Ray start", "model_load": "model load", "keys": "key pass",
                  "embed": "embed", "finish": "finish"}  # fmt: skip
         parts = ", ".join(f"{names[k]} {v:.1f}" for k, v in t.items() if k in names)
         lines.append(f"  wall {t['wall']:.1f} s: {parts}")

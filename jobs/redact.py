@@ -35,9 +35,7 @@ SECRET_WORDS = frozenset(
 # Run-together spellings ("secretkey", "accesstoken", "apiKey" already splits) caught by substring.
 SECRET_FRAGMENTS = ("secret", "password", "passwd", "credential", "apikey", "accesskey", "privatekey")
 # Keys that contain a secret word but only name or locate something; their values are useful in metadata.
-SAFE_KEYS = frozenset(
-    {"key_column", "id_key", "sort_key", "partition_key", "cache_key", "session_name", "key_pass"}
-)
+SAFE_KEYS = frozenset({"key_column", "id_key", "sort_key", "partition_key", "cache_key", "session_name"})
 # Environment variables whose values are secrets wherever they show up in text.
 SECRET_ENV_VARS = (
     "AWS_SECRET_ACCESS_KEY",

@@ -254,7 +254,8 @@ def _run(
             keys = run_key_pass(spec, plan, sink.store, previous, reuse, max_chars, fp)
         keys = keys or KeyPassResult()
         sink.on_write_start(existing, job, plan)
-        stages.mark("key_pass")
+        # "keys", not "key_pass": a key named like a secret would be masked in the logs
+        stages.mark("keys")
         bar = Progress(
             plan.rows, len(plan.shards), bar=progress is True, events=progress == "json", log_file=log_file
         )

@@ -105,7 +105,11 @@ def attend(
     rows, heads, n, d = q.shape
     gemm = heads * n * n <= ROW_SCORES and onednn_runs(q.dtype) and not torch.is_grad_enabled()
     gemm = gemm and q.device.type == "cpu" and rows * n > 0
+    if key_runs is not None and sum(r for r, _ in key_runs) != rows:
+        raise ValueError(f"key_runs cover {sum(r for r, _ in key_runs)} rows; q has {rows}")
     if key_runs is not None and (mask is not None or causal or not gemm):
+        if causal and mask is None:
+            mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
         mask = with_key_runs(mask, key_runs, n, q.device)
         key_runs = None
     if not gemm:

@@ -13,6 +13,7 @@ from sentence_transformers import SentenceTransformer
 from embedder import EmbeddingModel, encode_loop
 from embedder.batching import pad_rows
 from embedder.modules import LoadOptions
+from embedder.modules.base import PACKED_KEY
 from embedder.modules.packed_bert import (
     PackedEncoder,
     packed_support,
@@ -21,7 +22,7 @@ from embedder.modules.packed_bert import (
 )
 from embedder.modules.packed_layout import length_runs
 from embedder.modules.pooling import LEGACY_FLAGS
-from embedder.modules.transformer import PACKED_KEY, Transformer
+from embedder.modules.transformer import Transformer
 
 POOLING = ["mean", "cls", "max", "lasttoken", "weightedmean", "mean_sqrt_len_tokens"]
 LONG = " ".join(["the big dog runs in the city"] * 12)

@@ -323,8 +323,20 @@ def test_key_runs_hide_each_rows_padding_keys(gemm_path, monkeypatch, budget: in
     torch.testing.assert_close(
         attend(*low, 0.3, causal, key_runs=key_runs).float(), want, atol=0.05, rtol=0.02
     )
+    got_causal = attend(*low, 0.3, causal=True, key_runs=key_runs)
+    torch.testing.assert_close(got_causal.float(), want, atol=0.05, rtol=0.02)
+    bias = torch.randn(2, 7, 7, generator=gen)  # per head, added
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=bias.masked_fill(~keys, float("-inf")), scale=0.3
+    )
+    torch.testing.assert_close(attend(*low, 0.3, bias, key_runs=key_runs).float(), want, atol=0.05, rtol=0.02)
+    with pytest.raises(ValueError, match="key_runs cover 5 rows; q has 6"):
+        attend(*low, 0.3, key_runs=[(1, 3), (4, 5)])
     monkeypatch.setattr(packed_layout, "ROW_SCORES", 0)
     torch.testing.assert_close(attend(*low, 0.3, key_runs=key_runs), got, atol=2**-7, rtol=0.02)
+    torch.testing.assert_close(
+        attend(*low, 0.3, causal=True, key_runs=key_runs), got_causal, atol=2**-7, rtol=0.02
+    )
 
 
 def test_a_row_with_no_keys_in_key_runs_gets_zeros(gemm_path) -> None:

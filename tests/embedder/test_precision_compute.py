@@ -144,11 +144,13 @@ def test_cpu_features_from_cpuinfo_text():
     assert (epyc.native_bf16, epyc.native_int8, epyc.amx) == (True, True, False)
     assert "native bf16: yes" in epyc.summary() and "avx512_bf16" in epyc.summary()
     assert epyc.summary().startswith("AMD EPYC 9654 (family 25, model 17); ")
+    power = parse_cpuinfo("cpu\t\t: POWER9\nmodel\t\t: 2.2 (pvr 004e 1202)\n")
+    assert power.name == "unknown CPU"  # POWER's "model" is text, not x86's number
     old = parse_cpuinfo(OLD)
     assert (old.native_bf16, old.native_int8) == (False, False)
     assert "native bf16: no" in old.summary()
     arm = parse_cpuinfo(ARM)
-    assert arm.model_name == "unknown CPU" and not arm.family and "bf16" in arm.flags and not arm.native_bf16
+    assert arm.model_name == "unknown CPU" and not arm.cpuid and "bf16" in arm.flags and not arm.native_bf16
 
 
 def test_emulated_bfloat16_warns_and_names_the_missing_flags():

@@ -43,7 +43,6 @@ def test_secret_keys(key):
         "tokenizer_kwargs",
         "author",
         "key_column",
-        "key_pass",  # a stage of the run's timings
         3,
     ],
 )
