@@ -197,6 +197,21 @@ def test_gemm_attention_attends_as_sdpa_does(gemm_path, kind: str, monkeypatch) 
     assert torch.equal(attend(*low, 0.3, mask, causal), sdpa)
 
 
+def test_autocast_gives_attend_one_dtype_and_the_gemm_path(gemm_path, monkeypatch) -> None:
+    # a decoder under compute_precision: q and k leave its fp32-weighted RMSNorm in fp32, v is bf16
+    gen = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(5, 4, 9, 8, generator=gen) for _ in range(3))
+    want = attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), 0.3, causal=True)
+
+    def no_sdpa(*args: Any, **kwargs: Any) -> torch.Tensor:
+        raise AssertionError("SDPA called")
+
+    monkeypatch.setattr(packed_layout.F, "scaled_dot_product_attention", no_sdpa)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = attend(q, k, v.bfloat16(), 0.3, causal=True)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+
+
 def test_gemm_attention_on_packed_views_with_grouped_query_heads(gemm_path) -> None:
     # as the decoders call it: q, k, v are views of one packed projection, 4 query heads share 2 kv heads
     lengths = [20, 20, 7, 33, 33, 33]
