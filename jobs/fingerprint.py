@@ -99,6 +99,7 @@ NEUTRAL_FIELDS = {
     "compute.cpus_per_replica": "resources of a copy",
     "compute.batch_size": "batching: vectors agree within float rounding (the parity bound, 1e-6)",
     "compute.max_batch_tokens": "batching: vectors agree within float rounding (the parity bound, 1e-6)",
+    "compute.rows_per_call": "batching: vectors agree within float rounding (the parity bound, 1e-6)",
     "compute.device": "CPU and GPU vectors agree within the parity bound at float32",
     "compute.in_flight_per_replica": "scheduling",
     "compute.wait_for_resources_s": "scheduling",

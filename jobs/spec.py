@@ -187,6 +187,12 @@ class ComputeSpec(_Section):
         ge=1,
         description="padded tokens per model batch (unset: batch_size times the model's token limit)",
     )
+    rows_per_call: int | None = Field(
+        None,
+        ge=1,
+        description="rows read and encoded per model call; encode sorts a call's texts by length, so bigger calls "
+        "pad less (unset: 8 x batch_size, at least 1,024 for texts)",
+    )
     device: Device = Field("auto", description="where replicas run; auto: on GPUs when the cluster has any")
     in_flight_per_replica: int = Field(
         2, ge=1, description="shards queued per replica, so it never waits for the next"

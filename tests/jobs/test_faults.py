@@ -133,9 +133,9 @@ def _spec(model: str, inp: str, out: str, *, storage_options: dict | None = None
     return {
         "model": model,
         "input": {"uri": inp, "id_column": "id", "storage_options": options},
-        # 3 read batches of <= 32 rows per 60-row shard (batch_size 4 x 8 per read): a death can hit mid-shard.
+        # read batches of <= 32 rows per 60-row shard: a death can hit mid-shard.
         "output": {"uri": out, "rows_per_file": 60, "storage_options": options},
-        "compute": {"replicas": 2, "batch_size": 4},
+        "compute": {"replicas": 2, "batch_size": 4, "rows_per_call": 32},
         "policy": {"retries": 3, **policy},
     }
 

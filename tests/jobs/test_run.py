@@ -247,7 +247,7 @@ def test_progress_moves_within_a_shard(tmp_path, tiny_st_model, jobio, jobkit, m
     monkeypatch.setattr(jobs.progress.Progress, "partial", spy)
     spec = jobkit.job_spec(
         tiny_st_model, str(tmp_path / "in"), str(tmp_path / "out"),
-        output={"rows_per_file": 40}, compute={"batch_size": 1},
+        output={"rows_per_file": 40}, compute={"batch_size": 1, "rows_per_call": 8},
     )  # fmt: skip
     summary = run_job(spec, progress=False)
     assert summary["shards"] == 1 and summary["rows_written"] == 40
