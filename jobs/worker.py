@@ -52,12 +52,12 @@ class ShardError(RuntimeError):
     """A shard that cannot be committed for a reason a retry will not fix (picklable, for Ray)."""
 
 
-def rows_per_call(compute: ComputeSpec, texts: bool) -> int:
-    """Rows read and encoded at a time: compute.rows_per_call, else 8 batches, at least MIN_TEXTS_PER_CALL texts
-    (images stay at 8 batches: a call holds them decoded)."""
+def rows_per_call(compute: ComputeSpec, short_texts: bool) -> int:
+    """Rows read and encoded at a time: compute.rows_per_call, else 8 batches, at least MIN_TEXTS_PER_CALL for
+    short texts (not images, held decoded, nor documents to chunk, which may be long)."""
     if compute.rows_per_call:
         return compute.rows_per_call
-    return max(compute.batch_size * BATCHES_PER_READ, MIN_TEXTS_PER_CALL if texts else 0)
+    return max(compute.batch_size * BATCHES_PER_READ, MIN_TEXTS_PER_CALL if short_texts else 0)
 
 
 class ShardWorker:
@@ -278,7 +278,10 @@ class ShardWorker:
         filled = 0
         images = shard_reader(self.spec, shard, self.policy)  # None unless input.modality is image
         batches = iter_shard_batches(
-            shard, self.spec.input, rows_per_call(self.spec.compute, images is None), self.policy
+            shard,
+            self.spec.input,
+            rows_per_call(self.spec.compute, images is None and not self.spec.chunking.enabled),
+            self.policy,
         )
         id_type: pa.DataType | None = None
         chunker = self.chunker() if images is None else None  # windows and truncation are for texts

@@ -156,8 +156,9 @@ def test_rows_per_call_reads_at_least_a_thousand_texts_unless_set() -> None:
     from jobs.spec import ComputeSpec
     from jobs.worker import MIN_TEXTS_PER_CALL, rows_per_call
 
-    assert rows_per_call(ComputeSpec(), texts=True) == MIN_TEXTS_PER_CALL == 1024
-    assert rows_per_call(ComputeSpec(batch_size=256), texts=True) == 2048
-    assert rows_per_call(ComputeSpec(), texts=False) == 256  # images: 8 batches, decoded in memory
-    assert rows_per_call(ComputeSpec(rows_per_call=20), texts=True) == 20
-    assert rows_per_call(ComputeSpec(rows_per_call=20, batch_size=256), texts=False) == 20
+    assert rows_per_call(ComputeSpec(), short_texts=True) == MIN_TEXTS_PER_CALL == 1024
+    assert rows_per_call(ComputeSpec(batch_size=256), short_texts=True) == 2048
+    # images (held decoded) and documents to chunk (maybe long): 8 batches
+    assert rows_per_call(ComputeSpec(), short_texts=False) == 256
+    assert rows_per_call(ComputeSpec(rows_per_call=20), short_texts=True) == 20
+    assert rows_per_call(ComputeSpec(rows_per_call=20, batch_size=256), short_texts=False) == 20
