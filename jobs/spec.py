@@ -191,7 +191,8 @@ class ComputeSpec(_Section):
         None,
         ge=1,
         description="rows read and encoded per model call; encode sorts a call's texts by length, so bigger calls "
-        "pad less (unset: 8 x batch_size, at least 1,024 unless images or chunking)",
+        "pad less; a read never crosses a row group (unset: 8 x batch_size, raised to 1,024 for texts cut to "
+        "at most 131,072 characters, not images or chunking)",
     )
     device: Device = Field("auto", description="where replicas run; auto: on GPUs when the cluster has any")
     in_flight_per_replica: int = Field(

@@ -46,18 +46,22 @@ BATCHES_PER_READ = 8  # encode() length-sorts within a call, so bigger calls pad
 # Texts per call at least: 256-text calls ran 6-8% slower than 1,024-text ones (MiniLM, bf16 and fp32, same
 # process: more runs of one or two rows in attention, smaller GEMMs); a job's embed stage 1.04-1.06x faster.
 MIN_TEXTS_PER_CALL = 1024
+# ... for texts cut to at most this many characters (MiniLM's 256 tokens: 64 Ki): a call holds them all.
+SHORT_TEXT_CHARS = 1 << 17
 
 
 class ShardError(RuntimeError):
     """A shard that cannot be committed for a reason a retry will not fix (picklable, for Ray)."""
 
 
-def rows_per_call(compute: ComputeSpec, short_texts: bool) -> int:
-    """Rows read and encoded at a time: compute.rows_per_call, else 8 batches, at least MIN_TEXTS_PER_CALL for
-    short texts (not images, held decoded, nor documents to chunk, which may be long)."""
+def rows_per_call(compute: ComputeSpec, max_chars: int | None, long_rows: bool) -> int:
+    """Rows read and encoded at a time (a read never crosses a row group): compute.rows_per_call, else 8
+    batches, at least MIN_TEXTS_PER_CALL for texts cut to SHORT_TEXT_CHARS; long_rows: images (held decoded)
+    or documents to chunk."""
     if compute.rows_per_call:
         return compute.rows_per_call
-    return max(compute.batch_size * BATCHES_PER_READ, MIN_TEXTS_PER_CALL if short_texts else 0)
+    short = not long_rows and bool(max_chars) and max_chars <= SHORT_TEXT_CHARS
+    return max(compute.batch_size * BATCHES_PER_READ, MIN_TEXTS_PER_CALL if short else 0)
 
 
 class ShardWorker:
@@ -280,7 +284,9 @@ class ShardWorker:
         batches = iter_shard_batches(
             shard,
             self.spec.input,
-            rows_per_call(self.spec.compute, images is None and not self.spec.chunking.enabled),
+            rows_per_call(
+                self.spec.compute, self.max_chars, long_rows=images is not None or self.spec.chunking.enabled
+            ),
             self.policy,
         )
         id_type: pa.DataType | None = None

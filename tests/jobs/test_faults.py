@@ -133,7 +133,7 @@ def _spec(model: str, inp: str, out: str, *, storage_options: dict | None = None
     return {
         "model": model,
         "input": {"uri": inp, "id_column": "id", "storage_options": options},
-        # read batches of <= 32 rows per 60-row shard: a death can hit mid-shard.
+        # several reads per 60-row shard (its 10-row row groups; at most 32 rows each): a death can hit mid-shard.
         "output": {"uri": out, "rows_per_file": 60, "storage_options": options},
         "compute": {"replicas": 2, "batch_size": 4, "rows_per_call": 32},
         "policy": {"retries": 3, **policy},

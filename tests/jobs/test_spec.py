@@ -156,9 +156,12 @@ def test_rows_per_call_reads_at_least_a_thousand_texts_unless_set() -> None:
     from jobs.spec import ComputeSpec
     from jobs.worker import MIN_TEXTS_PER_CALL, rows_per_call
 
-    assert rows_per_call(ComputeSpec(), short_texts=True) == MIN_TEXTS_PER_CALL == 1024
-    assert rows_per_call(ComputeSpec(batch_size=256), short_texts=True) == 2048
-    # images (held decoded) and documents to chunk (maybe long): 8 batches
-    assert rows_per_call(ComputeSpec(), short_texts=False) == 256
-    assert rows_per_call(ComputeSpec(rows_per_call=20), short_texts=True) == 20
-    assert rows_per_call(ComputeSpec(rows_per_call=20, batch_size=256), short_texts=False) == 20
+    minilm = 256 * 256  # default_max_chars at 256 tokens
+    assert rows_per_call(ComputeSpec(), minilm, long_rows=False) == MIN_TEXTS_PER_CALL == 1024
+    assert rows_per_call(ComputeSpec(batch_size=256), minilm, long_rows=False) == 2048
+    # images (held decoded), documents to chunk, and texts cut long or not at all: 8 batches
+    assert rows_per_call(ComputeSpec(), minilm, long_rows=True) == 256
+    assert rows_per_call(ComputeSpec(), 8192 * 256, long_rows=False) == 256
+    assert rows_per_call(ComputeSpec(), None, long_rows=False) == 256
+    assert rows_per_call(ComputeSpec(rows_per_call=20), minilm, long_rows=False) == 20
+    assert rows_per_call(ComputeSpec(rows_per_call=20, batch_size=256), None, long_rows=True) == 20
