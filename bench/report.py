@@ -91,12 +91,11 @@ def machine_description(extra: dict[str, str] | None = None) -> dict[str, str]:
 
     from embedder.cpu import cpu_features
 
-    cpu = cpu_features().name
+    cpu = cpu_features()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    flags = open("/proc/cpuinfo", encoding="utf-8").read() if os.path.exists("/proc/cpuinfo") else ""
-    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "baseline"
+    isa = "AVX-512" if "avx512f" in cpu.flags else "AVX2" if "avx2" in cpu.flags else "baseline"
     out = {
-        "cpu": f"{cpu}, {isa}",
+        "cpu": f"{cpu.name}, {isa}",
         "cores": str(os.cpu_count()),
         "memory": f"{mem:.0f} GiB",
         "python": platform.python_version(),

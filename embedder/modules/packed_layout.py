@@ -108,21 +108,18 @@ def attend(
         # leave its fp32-weighted RMSNorm in fp32 while v is bf16)
         low = torch.get_autocast_dtype(q.device.type)
         q, k, v = (t.to(low) if t.is_floating_point() else t for t in (q, k, v))
-    gemm = heads * n * n <= ROW_SCORES and onednn_runs(q.dtype) and not torch.is_grad_enabled()
-    gemm = gemm and q.device.type == "cpu" and rows * n > 0
+    gemm = gemm_attention(q) and heads * n * n <= ROW_SCORES and rows * n > 0
     if key_runs is not None and sum(r for r, _ in key_runs) != rows:
         raise ValueError(f"key_runs cover {sum(r for r, _ in key_runs)} rows; q has {rows}")
-    if key_runs is not None and (mask is not None or causal or not gemm):
-        if causal and mask is None:
-            mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+    if causal and mask is None and (gemm or key_runs is not None):  # else SDPA's is_causal
+        mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+    if key_runs is not None and (mask is not None or not gemm):
         mask = with_key_runs(mask, key_runs, n, q.device)
         key_runs = None
     if not gemm:
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale
         )
-    if causal and mask is None:
-        mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
     if mask is None:
         blind = any(rows and not keys for rows, keys in key_runs or ())
     else:  # a query that sees no key gets zeros, as from SDPA, not NaN
@@ -131,8 +128,7 @@ def attend(
     # masked_fill_, and an (n, n) one is folded into the first GEMM as its input (beta=1).
     hide = None
     if mask is not None and mask.dtype == torch.bool:
-        hide = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
-        mask = None
+        hide, mask = key_bias(mask, q.dtype), None
     out = q.new_empty(q.shape)
     step = max(1, SCORE_BUDGET // (heads * n * n))
     unused = q.new_empty(1, 1, 1)  # baddbmm's input, ignored at beta=0
@@ -170,7 +166,12 @@ def with_key_runs(
         return seen
     if mask.dtype == torch.bool:
         return mask & seen
-    return mask + torch.zeros(seen.shape, dtype=mask.dtype, device=device).masked_fill_(~seen, float("-inf"))
+    return mask + key_bias(seen, mask.dtype)
+
+
+def key_bias(seen: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean mask as scores to add: 0 where a key is seen, -inf where it is not (exact in any dtype)."""
+    return torch.zeros(seen.shape, dtype=dtype, device=seen.device).masked_fill_(~seen, float("-inf"))
 
 
 def hide_padding(scores: torch.Tensor, key_runs: list[tuple[int, int]], first: int) -> None:
